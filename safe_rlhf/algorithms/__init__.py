@@ -1,0 +1,51 @@
+"""Pure torch math of Safe RLHF: masked statistics, PPO-Lagrangian losses, score-model losses, Lagrange multipliers.
+
+Imports only torch and the standard library (no DeepSpeed, no transformers), so every piece is unit-testable on CPU.
+Shapes: B batch, L token positions, K constraints / attributes; masks are response-token masks (B, L), bool or 0/1.
+"""
+
+from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
+from safe_rlhf.algorithms.masked import masked_mean, masked_var, masked_whiten
+from safe_rlhf.algorithms.ppo import (
+    PPOClipStats,
+    ValueLossStats,
+    clipped_value_loss,
+    combined_advantages,
+    gae,
+    kl_penalized_rewards,
+    ppo_clip_loss,
+)
+from safe_rlhf.algorithms.score_losses import (
+    CostModelStats,
+    MultiAttributeStats,
+    RewardModelStats,
+    combine_attributes,
+    cost_model_loss,
+    length_penalized_scores,
+    multi_attribute_regression_loss,
+    reward_model_loss,
+    scaled_scores,
+)
+
+__all__ = [
+    "CostModelStats",
+    "LagrangeMultiplier",
+    "MultiAttributeStats",
+    "PPOClipStats",
+    "RewardModelStats",
+    "ValueLossStats",
+    "clipped_value_loss",
+    "combine_attributes",
+    "combined_advantages",
+    "cost_model_loss",
+    "gae",
+    "kl_penalized_rewards",
+    "length_penalized_scores",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "multi_attribute_regression_loss",
+    "ppo_clip_loss",
+    "reward_model_loss",
+    "scaled_scores",
+]

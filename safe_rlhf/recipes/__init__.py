@@ -1,0 +1,29 @@
+"""Recipes: one readable class per training stage, looked up by the ``recipe`` key of a config."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_RECIPE_CLASSES = {
+    "sft": "safe_rlhf.recipes.sft:SFTRecipe",
+}
+
+
+class _Registry:
+    """Imports a recipe module only when it is used (DeepSpeed and transformers are slow to import)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _RECIPE_CLASSES
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _RECIPE_CLASSES:
+            raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(_RECIPE_CLASSES))}")
+        module_name, class_name = _RECIPE_CLASSES[name].split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def names(self) -> list[str]:
+        return sorted(_RECIPE_CLASSES)
+
+
+RECIPES = _Registry()

@@ -1,0 +1,58 @@
+# safe-rlhf: every set-up step is here. `make help` lists the targets.
+#
+# The install pins torch to the CPU wheel this project's machines carry (an unpinned torch pulls a multi-GB CUDA
+# build). On a GPU cluster, install the CUDA torch you want first and skip the pin:
+#     make install TORCH_SPEC=            (keeps the torch already in .venv)
+#     make install TORCH_SPEC="torch==2.13.0" PIP_EXTRA="--index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PIP_EXTRA ?=
+PYTEST_ARGS ?=
+# Two ranks on two cores oversubscribe without this (3-4x slower steps).
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_SILENT ?= true
+
+.PHONY: help install demo test test-all test-slow lint format bench clean assets toyworld
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_SPEC),$(PY) -m pip install -q $(PIP_EXTRA) "$(TORCH_SPEC)")
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m safe_rlhf.prebuild
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv (if missing) and install safe-rlhf with its dev tools
+
+demo: install  ## run the main job on the tiny offline model (CPU, no network)
+	$(PY) -m safe_rlhf.train --config-name sft output_dir=runs/demo/sft
+
+test: install  ## the suite CI runs: everything except the slow and gpu tiers
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: install  ## the slow tier (long CPU runs)
+	$(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-all: install  ## every tier (gpu tests skip without CUDA)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff (with annotation rules) and mypy on safe_rlhf/
+	$(VENV)/bin/ruff check safe_rlhf tests
+	$(VENV)/bin/ruff format --check safe_rlhf tests
+	$(VENV)/bin/mypy safe_rlhf
+
+format: install  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix safe_rlhf tests
+	$(VENV)/bin/ruff format safe_rlhf tests
+
+assets: install  ## build the tiny tokenizer + model into runs/assets/tiny-llama (the default configs build their own cache)
+	$(PY) -m safe_rlhf.assets --output runs/assets/tiny-llama
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf runs outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,194 @@
+"""Offline tiny assets: a locally trained tokenizer and a tiny random-weight Llama, saved as Hugging Face directories.
+
+Nothing here downloads. Build them explicitly with::
+
+    python -m safe_rlhf.assets --output /path/to/tiny-llama           # tokenizer + model in one HF directory
+    python -m safe_rlhf.assets --output DIR --hidden-size 128 --num-layers 4
+
+or let any config with ``model.name_or_path=tiny`` build them on first use into ``$SAFE_RLHF_CACHE/tiny-llama``
+(default cache ``~/.cache/safe_rlhf``). The result loads with plain ``AutoTokenizer.from_pretrained(DIR)`` and
+``AutoModelForCausalLM.from_pretrained(DIR)``.
+
+The tokenizer follows the "tiny-ppo" benchmark workload: byte-level BPE trained with ``tokenizers`` on a ~50 KB synthetic
+corpus (the toy world's language, fixed seed), vocabulary capped at 512, specials ``<pad>``=0, ``<s>``=1, ``</s>``=2 (pad is
+distinct from eos, which PPO on language needs), left padding for generation, and a chat template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+TINY_MODEL_ALIAS = "tiny"
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<s>", "</s>"
+
+# A chat template a user can read: "<s>SYSTEM: ... USER: ... ASSISTANT: ...</s>". The generation prompt ends with
+# "ASSISTANT:" so that the response tokens (which start with a space) never merge with the prompt's last token.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}SYSTEM: {{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: {{ message['content'] }}{{ eos_token }} "
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_FALLBACK_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fi", "go", "pe", "zu", "an", "or")
+
+
+def cache_dir() -> Path:
+    """Root of the local cache (``$SAFE_RLHF_CACHE`` or ``~/.cache/safe_rlhf``)."""
+    return Path(os.environ.get("SAFE_RLHF_CACHE", Path.home() / ".cache" / "safe_rlhf")).expanduser()
+
+
+def _corpus(seed: int, num_bytes: int) -> str:
+    """Text to train the tokenizer on: the toy world's language, plus the chat template's own words."""
+    try:
+        from safe_rlhf.toyworld import corpus_text
+
+        text = corpus_text(seed=seed, num_bytes=num_bytes)
+    except ImportError:  # the toy world is optional for a tokenizer; fall back to English-like syllable words
+        rng = random.Random(seed)
+        words = ["".join(rng.choice(_FALLBACK_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+        lines, size = [], 0
+        while size < num_bytes:
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+            lines.append(line)
+            size += len(line) + 1
+        text = "\n".join(lines)
+    template_words = "SYSTEM: USER: ASSISTANT: " * 200
+    return template_words + "\n" + text
+
+
+def build_tokenizer(output_dir: str | Path, *, vocab_size: int = 512, seed: int = 0, corpus_bytes: int = 50_000) -> Path:
+    """Train a byte-level BPE tokenizer locally and save it as a Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD_TOKEN, BOS_TOKEN, EOS_TOKEN],  # ids 0, 1, 2 in this order
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed, corpus_bytes).splitlines(), trainer=trainer)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        padding_side="left",
+    )
+    hf_tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    output_dir = Path(output_dir)
+    hf_tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def build_tiny_model(
+    output_dir: str | Path,
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    intermediate_size: int = 172,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Save a randomly initialised Llama-architecture causal LM (safetensors) into ``output_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.bos_token_id = 1
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(Path(output_dir), safe_serialization=True)
+    return Path(output_dir)
+
+
+def build_tiny_assets(output_dir: str | Path, *, seed: int = 0, **model_kwargs: int) -> Path:
+    """Tokenizer and model in one directory, written to a temporary sibling and renamed, so a crash leaves nothing."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        build_tokenizer(staging, seed=seed, vocab_size=model_kwargs.get("vocab_size", 512))
+        build_tiny_model(staging, seed=seed, **model_kwargs)
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is a normal shared directory
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the ``tiny`` alias to the cached tiny assets (building them once, safely across ranks); pass others through."""
+    if name_or_path != TINY_MODEL_ALIAS:
+        return name_or_path
+    target = cache_dir() / "tiny-llama"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "model.safetensors").exists():
+            build_tiny_assets(target)
+    return str(target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the offline tiny tokenizer + Llama model (no network).")
+    parser.add_argument("--output", required=True, help="directory to write (overwritten)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--intermediate-size", type=int, default=172)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--max-positions", type=int, default=128)
+    args = parser.parse_args(argv)
+    path = build_tiny_assets(
+        args.output,
+        seed=args.seed,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        max_positions=args.max_positions,
+    )
+    print(f"wrote tokenizer and model to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Structured config schemas: the one source of defaults for every recipe.
+
+Each dataclass below is registered in hydra's ConfigStore; the YAML files in ``conf/`` only select groups and override
+values. Static checks live in ``__post_init__`` (run when the composed config is turned into objects), checks that need
+the world size live in :func:`validate`. Every failure raises :class:`ConfigError`, whose message is one line naming the
+key and what to do.
+
+Inspect the composed config of a recipe without running it::
+
+    python -m safe_rlhf.train --config-name sft --cfg job
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """An invalid configuration. ``str(error)`` is one actionable line that names the offending key."""
+
+
+def _choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {choices}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} must be {bound}")
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained model to start from and how to load it."""
+
+    # Hugging Face directory or hub id; "tiny" = the offline tiny Llama built on first use (see safe_rlhf.assets).
+    name_or_path: str = "tiny"
+    # Tokenizer directory or hub id; None = the same as name_or_path.
+    tokenizer: str | None = None
+    # Run code shipped with a hub model. Off unless you trust the model's repository.
+    trust_remote_code: bool = False
+    # Recompute activations in the backward pass to save memory (large models).
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Datasets, by spec (see docs/data.md for the grammar), and how to turn them into tokens."""
+
+    # Training dataset spec, e.g. "toyworld:sft" or "alpaca:/data/alpaca.json*0.5+sft:/data/mine.jsonl".
+    train: str = "toyworld:sft"
+    # Evaluation dataset spec; None = hold out `eval_fraction` of the training data.
+    eval: str | None = None
+    # Fraction of the training data held out for evaluation when `eval` is None (0 = no evaluation).
+    eval_fraction: float = 0.05
+    # Maximum tokens of prompt + response; longer prompts are errors (or counted skips), long responses are truncated.
+    max_length: int = 128
+    # What to do with a malformed record: "raise" stops with one line naming file, row and field; "skip" counts it.
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+        _positive("data.max_length", self.max_length)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """How DeepSpeed shards, offloads and casts the models (translated by safe_rlhf.engines.deepspeed_config)."""
+
+    # ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ parameters).
+    zero_stage: int = 0
+    # Offload to CPU memory: "none", "optimizer", "parameter" (ZeRO-3 only) or "all".
+    offload: str = "none"
+    # Compute precision: "fp32", "bf16" or "fp16".
+    precision: str = "fp32"
+    # Clip the global gradient norm to this value (0 = no clipping).
+    gradient_clipping: float = 1.0
+    # Overlap gradient reduction with the backward pass (ZeRO 1-3).
+    overlap_comm: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("deepspeed.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice("deepspeed.offload", self.offload, ("none", "optimizer", "parameter", "all"))
+        _choice("deepspeed.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.offload in ("parameter", "all") and self.zero_stage != 3:
+            raise ConfigError(
+                f"deepspeed.offload={self.offload} needs deepspeed.zero_stage=3 (parameters are only partitioned there)"
+            )
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ConfigError("deepspeed.offload=optimizer needs deepspeed.zero_stage>=1")
+        _positive("deepspeed.gradient_clipping", self.gradient_clipping, allow_zero=True)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule."""
+
+    # Peak learning rate.
+    lr: float = 1e-3
+    # Decoupled weight decay (not applied to biases and norm weights).
+    weight_decay: float = 0.0
+    # Adam betas.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # Schedule after warm-up: "constant", "linear" or "cosine".
+    scheduler: str = "cosine"
+    # Fraction of the total optimizer steps spent warming up linearly from 0.
+    warmup_ratio: float = 0.03
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _choice("optim.scheduler", self.scheduler, ("constant", "linear", "cosine"))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas={self.betas} must be two numbers, e.g. [0.9,0.95]")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch sizes, length, checkpoints and resume."""
+
+    # Passes over the training data.
+    epochs: int = 1
+    # Stop after this many optimizer steps (-1 = run all epochs).
+    max_steps: int = -1
+    # Samples per optimizer step, over all ranks; must be divisible by micro_batch_size x world size.
+    batch_size: int = 16
+    # Samples per forward/backward pass on one rank (gradient accumulation makes up the rest).
+    micro_batch_size: int = 8
+    # Evaluate every N optimizer steps (0 = only at the end).
+    eval_steps: int = 0
+    # Write a resumable DeepSpeed checkpoint every N optimizer steps (0 = never during training).
+    save_steps: int = 0
+    # Keep only the newest N resumable checkpoints.
+    save_total_limit: int = 2
+    # Log metrics every N optimizer steps.
+    log_steps: int = 1
+    # "none" starts fresh; "auto" continues from the newest checkpoint in output_dir/checkpoints if there is one;
+    # any other value is a checkpoint directory to continue from.
+    resume: str = "none"
+    # Export a consolidated Hugging Face model to output_dir/model at the end.
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "micro_batch_size", "log_steps", "save_total_limit"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("eval_steps", "save_steps"):
+            _positive(f"train.{key}", getattr(self, key), allow_zero=True)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"train.max_steps={self.max_steps} must be -1 (all epochs) or > 0")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go. Non-zero ranks never log."""
+
+    # Any of "console" (progress bar + lines), "wandb", "tensorboard"; an empty list logs nothing but metrics.jsonl.
+    backends: list[str] = field(default_factory=lambda: ["console"])
+    # wandb project name.
+    project: str = "safe-rlhf"
+    # Run name shown in wandb/tensorboard; None = the output directory's name.
+    run_name: str | None = None
+    # wandb mode: "auto" (online when WANDB_API_KEY is set, offline otherwise), "online", "offline" or "disabled".
+    wandb_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        for backend in self.backends:
+            _choice("logger.backends[]", backend, ("console", "wandb", "tensorboard"))
+        _choice("logger.wandb_mode", self.wandb_mode, ("auto", "online", "offline", "disabled"))
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning: ``python -m safe_rlhf.train --config-name sft``."""
+
+    # Which recipe runs this config (set by each recipe's YAML; do not change).
+    recipe: str = "sft"
+    # The run directory: resolved config, command, logs, metrics, checkpoints and the exported model go here.
+    output_dir: str = "runs/sft"
+    # Seed for data order, initialisation and sampling.
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+RECIPE_SCHEMAS: dict[str, type] = {"sft": SFTConfig}
+
+
+def register_configs() -> None:
+    """Register every recipe schema as ``<recipe>_schema`` for the YAML defaults lists."""
+    store = ConfigStore.instance()
+    for name, schema in RECIPE_SCHEMAS.items():
+        store.store(name=f"{name}_schema", node=schema)
+
+
+def validate(config: Any, world_size: int) -> None:
+    """Checks that need the launch (world size). ``config`` is a schema object (after ``OmegaConf.to_object``)."""
+    train = getattr(config, "train", None)
+    if train is not None and hasattr(train, "micro_batch_size"):
+        per_step = train.micro_batch_size * world_size
+        if train.batch_size % per_step != 0:
+            raise ConfigError(
+                f"train.batch_size={train.batch_size} is not divisible by train.micro_batch_size x world size "
+                f"= {train.micro_batch_size} x {world_size} = {per_step}; set train.batch_size to a multiple of {per_step}"
+            )
+    data = getattr(config, "data", None)
+    if data is not None:
+        _validate_dataset_specs(data)
+
+
+def _validate_dataset_specs(data: Any) -> None:
+    """Unknown dataset names fail here, at start-up, not when the first batch is read."""
+    try:
+        from safe_rlhf.data import validate_spec
+    except ImportError:  # data layer not importable (partial install): the loader reports it at use
+        return
+    for key in ("train", "eval", "prompts", "ptx"):
+        spec = getattr(data, key, None)
+        if spec:
+            try:
+                validate_spec(spec)
+            except ValueError as error:
+                raise ConfigError(f"data.{key}: {error}") from None

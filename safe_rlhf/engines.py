@@ -1,0 +1,339 @@
+"""DeepSpeed plumbing shared by every recipe, as plain functions (no trainer base class).
+
+- :func:`deepspeed_config` turns the ``deepspeed`` schema into DeepSpeed's JSON dict.
+- :func:`load_causal_lm` loads a pretrained model so that ZeRO-3 partitions it while loading.
+- :func:`trainable_engine` / :func:`frozen_engine` wrap models (frozen ones get no optimizer).
+- :func:`save_checkpoint` / :func:`load_checkpoint` write and read resumable checkpoints atomically.
+- :func:`export_hf` writes a consolidated Hugging Face directory (also from ZeRO-3) that plain ``from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safe_rlhf import distributed
+from safe_rlhf.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the broken file."""
+
+
+def deepspeed_config(
+    settings: DeepSpeedConfig,
+    *,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    trainable: bool = True,
+) -> dict[str, Any]:
+    """DeepSpeed's config dict for one engine (batch sizes per rank; world size comes from the process group)."""
+    offload_optimizer = settings.offload in ("optimizer", "all") and trainable
+    offload_parameters = settings.offload in ("parameter", "all")
+    zero: dict[str, Any] = {"stage": settings.zero_stage if (trainable or settings.zero_stage == 3) else 0}
+    if settings.zero_stage >= 1 and trainable:
+        zero["overlap_comm"] = settings.overlap_comm
+    if settings.zero_stage == 3:
+        # Needed to export a consolidated model from a sharded engine.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        # Small models: do not keep a partitioned parameter around just because it is below the persistence threshold
+        # on a big model; these defaults only matter for tiny ones and keep memory predictable.
+        zero["stage3_param_persistence_threshold"] = 1e4
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if offload_parameters and settings.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps if trainable else 1,
+        "zero_optimization": zero,
+        "bf16": {"enabled": settings.precision == "bf16"},
+        "fp16": {"enabled": settings.precision == "fp16", "auto_cast": False, "initial_scale_power": 16},
+        "steps_per_print": 10**12,  # we log ourselves
+        "wall_clock_breakdown": False,
+        # We pass torch's AdamW (no compiled op needed); DeepSpeed only trusts its own optimizers unless told.
+        "zero_allow_untested_optimizer": True,
+    }
+    if trainable and settings.gradient_clipping > 0:
+        config["gradient_clipping"] = settings.gradient_clipping
+    return config
+
+
+def compute_dtype(settings: DeepSpeedConfig) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+
+
+@dataclass
+class LoadedModel:
+    """A model plus what must outlive it: ``zero3_context`` keeps HfDeepSpeedConfig referenced (ZeRO-3 loading)."""
+
+    model: torch.nn.Module
+    zero3_context: Any = None
+
+
+def load_tokenizer(model_config: ModelConfig) -> Any:
+    """The tokenizer for ``model_config``, with a pad token distinct from eos (required for RLHF)."""
+    from transformers import AutoTokenizer
+
+    from safe_rlhf.assets import resolve_model_path
+
+    path = resolve_model_path(model_config.tokenizer or model_config.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            f"tokenizer at {path} has pad_token_id={tokenizer.pad_token_id} and eos_token_id={tokenizer.eos_token_id}; "
+            "the pad token must exist and differ from eos (add a dedicated pad token to the tokenizer)"
+        )
+    return tokenizer
+
+
+def load_causal_lm(model_config: ModelConfig, ds_config: dict[str, Any], settings: DeepSpeedConfig) -> LoadedModel:
+    """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (no full copy per rank)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from safe_rlhf.assets import resolve_model_path
+
+    context = HfDeepSpeedConfig(ds_config) if settings.zero_stage == 3 else None
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(model_config.name_or_path),
+        dtype=compute_dtype(settings),
+        trust_remote_code=model_config.trust_remote_code,
+    )
+    disable_dropout(model)
+    if model_config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return LoadedModel(model=model, zero3_context=context)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere: log-probs must be reproducible between rollout and update (and between resumes)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if config is not None and hasattr(config, name) and isinstance(getattr(config, name), float):
+            setattr(config, name, 0.0)
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Any:
+    """Multiplier of the peak learning rate at each optimizer step."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def trainable_engine(
+    model: torch.nn.Module,
+    ds_config: dict[str, Any],
+    optim: OptimizerConfig,
+    total_steps: int,
+    settings: DeepSpeedConfig,
+) -> Any:
+    """A DeepSpeed engine with AdamW and the configured schedule."""
+    import deepspeed
+
+    groups = _parameter_groups(model, optim.weight_decay)
+    betas = (float(optim.betas[0]), float(optim.betas[1]))
+    if settings.offload in ("optimizer", "all"):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer: torch.optim.Optimizer = DeepSpeedCPUAdam(groups, lr=optim.lr, betas=betas, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=betas)
+    warmup = int(optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.scheduler, total_steps, warmup))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def frozen_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
+    """An engine without optimizer (reference policy, reward and cost models): inference only."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    model.eval()
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    return engine
+
+
+# ----------------------------------------------------------------------------------------------------------- checkpoints
+LATEST_FILE = "latest"
+
+
+def save_checkpoint(
+    checkpoint_root: str | Path,
+    step: int,
+    engines: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write ``checkpoint_root/step-N`` for every engine plus the trainer state, atomically.
+
+    Everything is written into ``.staging-step-N`` first; only when every rank has finished does rank 0 rename it and
+    then replace ``latest`` (itself written to a temporary file and renamed). A crash at any point leaves the previous
+    ``latest`` pointing at a complete checkpoint.
+    """
+    root = Path(checkpoint_root)
+    tag = f"step-{step}"
+    staging = root / f".staging-{tag}"
+    if distributed.is_main_process():
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    distributed.barrier()
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(staging / name), tag="state", save_latest=False)
+    rng_state = {
+        "python": _python_rng_state(),
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(rng_state, staging / f"rng_state_rank{distributed.rank()}.pt")
+    distributed.barrier()
+    if distributed.is_main_process():
+        with open(staging / "trainer_state.json", "w") as handle:
+            json.dump({"step": step, "engines": sorted(engines), **trainer_state}, handle, indent=2)
+        final = root / tag
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        temporary_latest = root / f".{LATEST_FILE}.tmp"
+        temporary_latest.write_text(tag)
+        os.replace(temporary_latest, root / LATEST_FILE)
+        _prune(root, keep_last)
+    distributed.barrier()
+    return root / tag
+
+
+def _python_rng_state() -> list[Any]:
+    import random
+
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_rng_state(state: list[Any]) -> None:
+    import random
+
+    version, internal, gauss = state
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted(
+        (int(path.name.split("-", 1)[1]), path)
+        for path in root.glob("step-*")
+        if path.is_dir() and path.name.split("-", 1)[1].isdigit()
+    )
+    for _, path in steps[: max(0, len(steps) - keep_last)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
+    """The checkpoint directory named by ``train.resume`` ("none", "auto" or a path), or None to start fresh."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        root = Path(output_dir) / "checkpoints"
+        latest = root / LATEST_FILE
+        if not latest.exists():
+            return None
+        path = root / latest.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{latest} names {path.name}, which does not exist; delete {latest} to start fresh")
+        return path
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"train.resume={resume}: no such checkpoint directory")
+    return path
+
+
+def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
+    """Restore engines, RNG states and return the trainer state saved by :func:`save_checkpoint`."""
+    state_file = path / "trainer_state.json"
+    try:
+        trainer_state = json.loads(state_file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{state_file}: unreadable trainer state ({error})") from None
+    missing = sorted(set(engines) - set(trainer_state.get("engines", [])))
+    if missing:
+        raise CheckpointError(f"{path}: has no state for {', '.join(missing)}")
+    for name, engine in engines.items():
+        try:
+            load_path, _ = engine.load_checkpoint(
+                str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        except Exception as error:  # DeepSpeed raises many kinds; name the file
+            raise CheckpointError(f"{path / name}: cannot load ({type(error).__name__}: {error})") from None
+        if load_path is None:
+            raise CheckpointError(f"{path / name}: no DeepSpeed checkpoint found")
+    rng_file = path / f"rng_state_rank{distributed.rank()}.pt"
+    if rng_file.exists():
+        try:
+            rng_state = torch.load(rng_file, weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"{rng_file}: cannot load ({type(error).__name__}: {error})") from None
+        _set_python_rng_state(rng_state["python"])
+        torch.random.set_rng_state(rng_state["torch"])
+        if torch.cuda.is_available() and rng_state["cuda"]:
+            torch.cuda.set_rng_state_all(rng_state["cuda"])
+    return trainer_state
+
+
+# ---------------------------------------------------------------------------------------------------------------- export
+def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (None on other ranks); every rank must call this under ZeRO-3."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        return state if distributed.is_main_process() else None
+    if not distributed.is_main_process():
+        return None
+    return {name: tensor.detach().cpu() for name, tensor in engine.module.state_dict().items()}
+
+
+def export_hf(engine: Any, tokenizer: Any, output_dir: str | Path, zero_stage: int) -> Path:
+    """Write a Hugging Face directory (safetensors) that plain ``from_pretrained`` loads; all ranks must call this."""
+    output_dir = Path(output_dir)
+    state = consolidated_state_dict(engine, zero_stage)
+    if distributed.is_main_process():
+        assert state is not None
+        staging = output_dir.with_name(f".{output_dir.name}.staging")
+        if staging.exists():
+            shutil.rmtree(staging)
+        module = engine.module
+        module.save_pretrained(staging, state_dict=state, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    distributed.barrier()
+    return output_dir

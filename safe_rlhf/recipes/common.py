@@ -1,0 +1,102 @@
+"""Plain helper functions shared by recipes: seeding, the deterministic batch schedule, and step accounting.
+
+Not a base class: each recipe calls what it needs and stays readable top to bottom.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from safe_rlhf import distributed
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank (data order must agree); per-rank sampling seeds are derived where sampling happens."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """Which samples each rank sees at each optimizer step: the same permutation on every rank, sliced by rank.
+
+    The global batch of optimizer step ``s`` is ``permutation(epoch)[offset * batch_size : (offset + 1) * batch_size]``
+    with ``epoch, offset = divmod(s, steps_per_epoch)``; rank ``r`` takes its contiguous share and splits it into
+    micro-batches. The position in the data is therefore a pure function of the step, which makes resume exact.
+    A last partial batch of an epoch is dropped (at most batch_size - 1 samples per epoch).
+    """
+
+    num_samples: int
+    batch_size: int
+    micro_batch_size: int
+    world_size: int
+    rank: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.world_size)
+
+    def permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + 1000003 * epoch)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def rank_indices(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches (lists of sample indices) for optimizer step ``step`` (0-based, global)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = self.permutation(epoch)
+        global_batch = order[offset * self.batch_size : (offset + 1) * self.batch_size]
+        share = self.batch_size // self.world_size
+        mine = global_batch[self.rank * share : (self.rank + 1) * share]
+        return [mine[i : i + self.micro_batch_size] for i in range(0, share, self.micro_batch_size)]
+
+
+def total_steps(num_samples: int, batch_size: int, epochs: int, max_steps: int) -> int:
+    steps = (num_samples // batch_size) * epochs
+    if max_steps > 0:
+        steps = min(steps, max_steps)
+    if steps == 0:
+        raise ValueError(
+            f"{num_samples} training samples make no full batch of train.batch_size={batch_size}; "
+            "lower train.batch_size or add data"
+        )
+    return steps
+
+
+def split_train_eval(samples: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Deterministic held-out split (same on every rank)."""
+    if fraction <= 0:
+        return list(samples), []
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed + 7)).tolist()
+    held_out = max(1, int(len(samples) * fraction))
+    eval_ids = set(order[:held_out])
+    train = [s for i, s in enumerate(samples) if i not in eval_ids]
+    evaluation = [s for i, s in enumerate(samples) if i in eval_ids]
+    return train, evaluation
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's strided share of an evaluation set (every item is seen by exactly one rank)."""
+    return list(items[distributed.rank() :: distributed.world_size()])
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -1,0 +1,99 @@
+"""Every shipped config composes; every kind of invalid config fails at start-up with one line naming the key."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from safe_rlhf.config import ConfigError, validate
+from safe_rlhf.train import CONF_DIR, _strip_launcher_args, format_config_error, load_config
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.unit
+
+RECIPE_YAMLS = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in Path(CONF_DIR).iterdir()
+    # runtime/ holds hydra's own settings (package _global_), selected by every recipe and composed with it above
+    if group.is_dir() and group.name != "runtime"
+    for option in group.glob("*.yaml")
+)
+
+
+def test_there_are_recipes_to_compose():
+    assert "sft" in RECIPE_YAMLS
+
+
+@pytest.mark.parametrize("recipe", RECIPE_YAMLS)
+def test_every_recipe_config_composes_and_validates(recipe):
+    config = load_config(recipe, [])
+    assert config.recipe == recipe
+    validate(config, world_size=1)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "model" and option == "hf":
+        overrides.append("model.name_or_path=/models/some-model")
+    config = load_config("sft", overrides)
+    assert getattr(config, group) is not None
+
+
+def _error_line(overrides: list[str], world_size: int = 1) -> str:
+    with pytest.raises(Exception) as info:  # noqa: PT011 - hydra, omegaconf and ConfigError all count
+        validate(load_config("sft", overrides), world_size=world_size)
+    line = format_config_error(info.value)
+    assert "\n" not in line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world_size", "must_contain"),
+    [
+        (["train.lerning_rate=1"], 1, "train.lerning_rate"),
+        (["+train.foo=1"], 1, "train.foo"),
+        (["train.batch_size=abc"], 1, "train.batch_size"),
+        (["train.batch_size=48", "train.micro_batch_size=16"], 2, "multiple of 32"),
+        (["deepspeed.zero_stage=4"], 1, "deepspeed.zero_stage"),
+        (["deepspeed.offload=parameter"], 1, "zero_stage=3"),
+        (["deepspeed.precision=fp8"], 1, "deepspeed.precision"),
+        (["optim.scheduler=step"], 1, "optim.scheduler"),
+        (["logger.backends=[console,mlflow]"], 1, "mlflow"),
+        (["data.on_error=ignore"], 1, "data.on_error"),
+        (["deepspeed=zero7"], 1, "zero0 zero1 zero2 zero3"),
+        (["train.max_steps=0"], 1, "train.max_steps"),
+    ],
+)
+def test_invalid_config_is_one_line_naming_the_key(overrides, world_size, must_contain):
+    assert must_contain in _error_line(overrides, world_size)
+
+
+def test_batch_divisibility_uses_world_size():
+    config = load_config("sft", ["train.batch_size=32", "train.micro_batch_size=16"])
+    validate(config, world_size=2)  # 32 = 16 x 2 x 1 accumulation step
+    with pytest.raises(ConfigError, match="not divisible"):
+        validate(config, world_size=4)
+
+
+def test_cli_reports_one_line_and_exit_code_2():
+    result = run_cli([sys.executable, "-m", "safe_rlhf.train", "--config-name", "sft", "train.lerning_rate=3"])
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("config error")]
+    assert len(lines) == 1 and "train.lerning_rate" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_launcher_local_rank_argument_is_stripped(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    argv = ["prog", "--local_rank=1", "--config-name", "sft", "train.epochs=1"]
+    assert _strip_launcher_args(argv) == ["prog", "--config-name", "sft", "train.epochs=1"]
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert _strip_launcher_args(["prog", "--local_rank", "3", "x=1"]) == ["prog", "x=1"]
+    assert os.environ["LOCAL_RANK"] == "3"
