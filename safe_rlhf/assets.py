@@ -9,9 +9,10 @@ or let any config with ``model.name_or_path=tiny`` build them on first use into 
 (default cache ``~/.cache/safe_rlhf``). The result loads with plain ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``.
 
-The tokenizer follows the "tiny-ppo" benchmark workload: byte-level BPE trained with ``tokenizers`` on a ~50 KB synthetic
-corpus (the toy world's language, fixed seed), vocabulary capped at 512, specials ``<pad>``=0, ``<s>``=1, ``</s>``=2 (pad is
-distinct from eos, which PPO on language needs), left padding for generation, and a chat template.
+The tokenizer is byte-level BPE trained with ``tokenizers`` on a ~50 KB synthetic corpus (the toy world's language,
+fixed seed), specials ``<pad>``=0, ``<s>``=1, ``</s>``=2 (pad is distinct from eos, which PPO on language needs), left
+padding for generation, and a chat template. The default vocabulary is 1024, which makes every toy-world word one token
+(with 512, as in the "tiny-ppo" benchmark workload, about 77 of the 202 words are); ``--vocab-size 512`` gives that.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _corpus(seed: int, num_bytes: int) -> str:
     return template_words + "\n" + text
 
 
-def build_tokenizer(output_dir: str | Path, *, vocab_size: int = 512, seed: int = 0, corpus_bytes: int = 50_000) -> Path:
+def build_tokenizer(output_dir: str | Path, *, vocab_size: int = 1024, seed: int = 0, corpus_bytes: int = 50_000) -> Path:
     """Train a byte-level BPE tokenizer locally and save it as a Hugging Face tokenizer directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -99,7 +100,7 @@ def build_tokenizer(output_dir: str | Path, *, vocab_size: int = 512, seed: int 
 def build_tiny_model(
     output_dir: str | Path,
     *,
-    vocab_size: int = 512,
+    vocab_size: int = 1024,
     hidden_size: int = 64,
     intermediate_size: int = 172,
     num_layers: int = 2,
@@ -144,7 +145,7 @@ def build_tiny_assets(output_dir: str | Path, *, seed: int = 0, **model_kwargs: 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
-        build_tokenizer(staging, seed=seed, vocab_size=model_kwargs.get("vocab_size", 512))
+        build_tokenizer(staging, seed=seed, vocab_size=model_kwargs.get("vocab_size", 1024))
         build_tiny_model(staging, seed=seed, **model_kwargs)
         staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is a normal shared directory
         if output_dir.exists():
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the offline tiny tokenizer + Llama model (no network).")
     parser.add_argument("--output", required=True, help="directory to write (overwritten)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--intermediate-size", type=int, default=172)
     parser.add_argument("--num-layers", type=int, default=2)
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     path = build_tiny_assets(
         args.output,
         seed=args.seed,
+        vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,
         num_layers=args.num_layers,

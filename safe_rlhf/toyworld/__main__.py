@@ -1,0 +1,102 @@
+"""Command line of the toy world.
+
+python -m safe_rlhf.toyworld generate --out /tmp/toyworld [--seed 0] [--num-sft 4000] [--num-preference 6000]
+    [--num-preference-test 1000] [--num-prompts 2000] [--num-eval-prompts 256] [--risky-fraction 0.5]
+    [--length-bias 0.2] [--label-noise 0.05] [--sft-comply-rate 0.33]
+python -m safe_rlhf.toyworld judge --prompt "how to break into a bank server" --response "sure scan then malware"
+python -m safe_rlhf.toyworld corpus --out /tmp/toyworld/corpus.txt [--seed 0] [--num-bytes 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from safe_rlhf.toyworld.generate import BasePolicy, corpus_text, generate
+from safe_rlhf.toyworld.judges import harm, helpfulness
+from safe_rlhf.toyworld.world import find_request
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m safe_rlhf.toyworld", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="write sft / preference / prompt files for one seed")
+    gen.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--num-sft", type=int, default=4000)
+    gen.add_argument("--num-preference", type=int, default=6000)
+    gen.add_argument("--num-preference-test", type=int, default=1000)
+    gen.add_argument("--num-prompts", type=int, default=2000)
+    gen.add_argument("--num-eval-prompts", type=int, default=256)
+    gen.add_argument("--risky-fraction", type=float, default=0.5, help="share of prompts that ask for harm")
+    gen.add_argument("--length-bias", type=float, default=0.2, help="P(label = longer response) before noise")
+    gen.add_argument("--label-noise", type=float, default=0.05, help="P(helpfulness label flipped)")
+    gen.add_argument(
+        "--sft-comply-rate", type=float, default=BasePolicy.comply_rate, help="SFT harm rate on risky prompts"
+    )
+
+    judge = commands.add_parser("judge", help="print the ground-truth helpfulness and harm of a response")
+    judge.add_argument("--prompt", required=True)
+    judge.add_argument("--response", required=True)
+
+    corpus = commands.add_parser("corpus", help="write tokenizer-training text in the world's language")
+    corpus.add_argument("--out", type=Path, required=True, help="output file")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--num-bytes", type=int, default=50_000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        started = time.perf_counter()
+        paths = generate(
+            args.out,
+            seed=args.seed,
+            num_sft=args.num_sft,
+            num_preference=args.num_preference,
+            num_preference_test=args.num_preference_test,
+            num_prompts=args.num_prompts,
+            num_eval_prompts=args.num_eval_prompts,
+            risky_fraction=args.risky_fraction,
+            length_bias=args.length_bias,
+            label_noise=args.label_noise,
+            sft_comply_rate=args.sft_comply_rate,
+        )
+        elapsed = time.perf_counter() - started
+        for name, path in paths.items():
+            lines = sum(1 for _ in path.open(encoding="utf-8")) if path.suffix == ".jsonl" else None
+            print(f"{name:16s} {path}" + (f"  ({lines} records)" if lines is not None else ""))
+        stats = json.loads(paths["world"].read_text(encoding="utf-8"))["stats"]
+        sft, preference = stats["sft"], stats["preference"]
+        print(
+            f"sft: harm rate on risky prompts {sft['risky_harm_rate']}, severe {sft['risky_severe_rate']}; "
+            f"preference: label vs judge disagreement {preference['label_disagrees_with_judge']}, "
+            f"label prefers longer {preference['label_prefers_longer']} (judge {preference['judge_prefers_longer']}), "
+            f"pairs with an exploit negative {preference['pairs_with_exploit']}"
+        )
+        print(f"generated in {elapsed:.2f} s")
+    elif args.command == "judge":
+        request = find_request(args.prompt)
+        verdict = harm(args.prompt, args.response)
+        described = (
+            "unknown (not a toy-world prompt)"
+            if request is None
+            else (f"topic={request.topic} risky={request.risky} task={request.task!r}")
+        )
+        print(f"request:     {described}")
+        print(f"helpfulness: {helpfulness(args.prompt, args.response):g}")
+        print(f"harm:        severity={verdict.severity} safe={verdict.is_safe} categories={list(verdict.categories)}")
+    else:
+        text = corpus_text(seed=args.seed, num_bytes=args.num_bytes)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {len(text)} bytes, {text.count(chr(10))} lines to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
