@@ -69,7 +69,9 @@ def _corpus(seed: int, num_bytes: int) -> str:
     return template_words + "\n" + text
 
 
-def build_tokenizer(output_dir: str | Path, *, vocab_size: int = 1024, seed: int = 0, corpus_bytes: int = 50_000) -> Path:
+def build_tokenizer(
+    output_dir: str | Path, *, vocab_size: int = 1024, seed: int = 0, corpus_bytes: int = 50_000
+) -> Path:
     """Train a byte-level BPE tokenizer locally and save it as a Hugging Face tokenizer directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -158,7 +160,7 @@ def build_tiny_assets(output_dir: str | Path, *, seed: int = 0, **model_kwargs: 
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the ``tiny`` alias to the cached tiny assets (building them once, safely across ranks); pass others through."""
+    """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); pass others through."""
     if name_or_path != TINY_MODEL_ALIAS:
         return name_or_path
     target = cache_dir() / "tiny-llama"

@@ -212,7 +212,8 @@ def validate(config: Any, world_size: int) -> None:
         if train.batch_size % per_step != 0:
             raise ConfigError(
                 f"train.batch_size={train.batch_size} is not divisible by train.micro_batch_size x world size "
-                f"= {train.micro_batch_size} x {world_size} = {per_step}; set train.batch_size to a multiple of {per_step}"
+                f"= {train.micro_batch_size} x {world_size} = {per_step}; "
+                f"set train.batch_size to a multiple of {per_step}"
             )
     data = getattr(config, "data", None)
     if data is not None:
@@ -221,14 +222,14 @@ def validate(config: Any, world_size: int) -> None:
 
 def _validate_dataset_specs(data: Any) -> None:
     """Unknown dataset names fail here, at start-up, not when the first batch is read."""
-    try:
-        from safe_rlhf.data import validate_spec
-    except ImportError:  # data layer not importable (partial install): the loader reports it at use
-        return
+    from safe_rlhf.data import get_reader, parse_spec
+
     for key in ("train", "eval", "prompts", "ptx"):
         spec = getattr(data, key, None)
         if spec:
             try:
-                validate_spec(spec)
-            except ValueError as error:
-                raise ConfigError(f"data.{key}: {error}") from None
+                for component in parse_spec(spec):
+                    get_reader(component.reader)
+            except (ValueError, KeyError) as error:
+                message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+                raise ConfigError(f"data.{key}={spec}: {message}") from None

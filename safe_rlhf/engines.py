@@ -4,7 +4,7 @@
 - :func:`load_causal_lm` loads a pretrained model so that ZeRO-3 partitions it while loading.
 - :func:`trainable_engine` / :func:`frozen_engine` wrap models (frozen ones get no optimizer).
 - :func:`save_checkpoint` / :func:`load_checkpoint` write and read resumable checkpoints atomically.
-- :func:`export_hf` writes a consolidated Hugging Face directory (also from ZeRO-3) that plain ``from_pretrained`` loads.
+- :func:`export_hf` writes a consolidated Hugging Face directory (also from ZeRO-3) that ``from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -125,11 +125,14 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (no_decay if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(parameter)
+        (no_decay if parameter.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(
+            parameter
+        )
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -168,8 +171,14 @@ def trainable_engine(
     else:
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=betas)
     warmup = int(optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.scheduler, total_steps, warmup))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    schedule = lr_lambda(optim.scheduler, total_steps, warmup)
+
+    def make_scheduler(wrapped_optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        # Built by DeepSpeed on the optimizer it actually steps: ZeRO-3 regroups parameters, so a scheduler made on
+        # the original optimizer would hold the wrong number of groups.
+        return torch.optim.lr_scheduler.LambdaLR(wrapped_optimizer, schedule)
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=make_scheduler, config=ds_config)
     return engine
 
 
@@ -184,7 +193,7 @@ def frozen_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
     return engine
 
 
-# ----------------------------------------------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------------------------------------- checkpoints
 LATEST_FILE = "latest"
 
 
@@ -308,7 +317,7 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     return trainer_state
 
 
-# ---------------------------------------------------------------------------------------------------------------- export
+# --------------------------------------------------------------------------------------------------------- export
 def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (None on other ranks); every rank must call this under ZeRO-3."""
     if zero_stage == 3:

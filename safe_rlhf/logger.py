@@ -25,7 +25,9 @@ _SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 def redact(value: Any) -> Any:
     """A copy with every value under a secret-looking key replaced by '***' (config dumps must never hold secrets)."""
     if isinstance(value, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()}
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(item) for item in value]
     if isinstance(value, str):
@@ -81,7 +83,7 @@ class MetricLogger:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         name = run_name or self.run_dir.name
         if "console" in self.backends:
             from tqdm.auto import tqdm
@@ -94,7 +96,11 @@ class MetricLogger:
             if mode == "auto":
                 mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             self._wandb_run = wandb.init(
-                project=project, name=name, dir=str(self.run_dir), mode=mode, config=redact(config or {})
+                project=project,
+                name=name,
+                dir=str(self.run_dir),
+                mode=mode,  # type: ignore[arg-type]  # checked against the allowed values in LoggerConfig
+                config=redact(config or {}),
             )
         if "tensorboard" in self.backends:
             from torch.utils.tensorboard import SummaryWriter

@@ -6,7 +6,7 @@
 
 On a CPU-only machine DeepSpeed JIT-compiles its shared-memory communication op (~20 s) on the first
 ``init_distributed`` and its CPU Adam (~30 s) on the first optimizer offload; both land in torch's extension cache
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and are reused afterwards. On GPU machines this is a no-op.
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and are reused afterwards. A no-op on GPU machines.
 """
 
 from __future__ import annotations

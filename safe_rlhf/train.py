@@ -125,7 +125,7 @@ def to_schema_object(composed: Any) -> Any:
     return OmegaConf.to_object(composed)
 
 
-def _reject_unknown_keys(values: Any, schema: type, prefix: str) -> None:
+def _reject_unknown_keys(values: Any, schema: Any, prefix: str) -> None:
     import dataclasses
 
     from safe_rlhf.config import ConfigError
@@ -139,7 +139,9 @@ def _reject_unknown_keys(values: Any, schema: type, prefix: str) -> None:
             )
         field_type = fields[key].type
         nested = field_type if dataclasses.is_dataclass(field_type) else None
-        if nested is None and isinstance(field_type, str):  # postponed annotations: resolve by name in the schema module
+        if nested is None and isinstance(
+            field_type, str
+        ):  # postponed annotations: resolve by name in the schema module
             import sys
 
             nested = getattr(sys.modules[schema.__module__], field_type, None)

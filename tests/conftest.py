@@ -34,9 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def safe_rlhf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache (tiny model, toy world) for the whole test session, shared with subprocesses through the env."""
-    path = Path(os.environ.get("SAFE_RLHF_TEST_CACHE", "")) or tmp_path_factory.mktemp("cache")
-    if not str(path):
-        path = tmp_path_factory.mktemp("cache")
+    # SAFE_RLHF_TEST_CACHE reuses a cache between sessions (handy locally); by default each session builds its own.
+    configured = os.environ.get("SAFE_RLHF_TEST_CACHE")
+    path = Path(configured) if configured else tmp_path_factory.mktemp("cache")
     os.environ["SAFE_RLHF_CACHE"] = str(path)
     return path
 
@@ -52,5 +52,6 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: int = 600, env
 
 
 def train_cli(overrides: list[str], *, config_name: str = "sft", timeout: int = 600, env: dict | None = None):
-    return run_cli([sys.executable, "-m", "safe_rlhf.train", "--config-name", config_name, *overrides],
-                   timeout=timeout, env=env)
+    return run_cli(
+        [sys.executable, "-m", "safe_rlhf.train", "--config-name", config_name, *overrides], timeout=timeout, env=env
+    )

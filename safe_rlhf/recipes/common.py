@@ -6,6 +6,7 @@ Not a base class: each recipe calls what it needs and stays readable top to bott
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,3 +101,44 @@ def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+# Exit status of a run that stopped on a preemption signal after saving a checkpoint: the batch scripts in launch/
+# requeue the job when they see it (75 = EX_TEMPFAIL, "try again later").
+REQUEUE_EXIT_CODE = 75
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM / SIGUSR1 (what SLURM sends before it kills or requeues a job) into a stop at a step boundary.
+
+    The handler only sets a flag; :meth:`should_stop` is called once per optimizer step and agrees across ranks (a
+    max over ranks), so every rank stops after the same step even if the signal reached them at different times.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> PreemptionWatcher:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        if distributed.world_size() > 1:
+            import torch.distributed as dist
+
+            flag = flag.to(distributed.device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

@@ -26,7 +26,9 @@ from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import SFTConfig
 from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
 from safe_rlhf.recipes.common import (
+    REQUEUE_EXIT_CODE,
     BatchSchedule,
+    PreemptionWatcher,
     chunks,
     seed_everything,
     shard,
@@ -66,6 +68,7 @@ class SFTRecipe:
         self.engine: Any = None
         self.loaded: Any = None
         self.step = 0
+        self.preempted = False
 
     # ------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -120,7 +123,9 @@ class SFTRecipe:
         train = load_samples(data.train, kind="sft", on_error=data.on_error, seed=self.config.seed)
         train_samples = list(train.samples)
         if data.eval:
-            eval_samples = list(load_samples(data.eval, kind="sft", on_error=data.on_error, seed=self.config.seed).samples)
+            eval_samples = list(
+                load_samples(data.eval, kind="sft", on_error=data.on_error, seed=self.config.seed).samples
+            )
         else:
             train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)
         self.train_items, train_counts = tokenize_sft_samples(
@@ -183,6 +188,7 @@ class SFTRecipe:
 
     def train(self) -> None:
         config = self.config.train
+        watcher = PreemptionWatcher().install()
         self.engine.train()
         tokens_since_log, time_since_log = 0.0, time.perf_counter()
         if self.step == 0 and self.eval_items:
@@ -203,7 +209,16 @@ class SFTRecipe:
                 self.logger.log(self.evaluate(), step=self.step)
             if config.save_steps and self.step % config.save_steps == 0:
                 self.save_checkpoint()
-        self.logger.log(self.evaluate(), step=self.step)
+            if self.step < self.total_steps and watcher.should_stop():
+                # Preempted: keep everything up to this step and let the batch script requeue the job.
+                if not (config.save_steps and self.step % config.save_steps == 0):
+                    self.save_checkpoint()
+                self.logger.message(f"stopping at step {self.step} on signal {watcher.received}; resume=auto continues")
+                self.preempted = True
+                break
+        watcher.uninstall()
+        if not self.preempted:
+            self.logger.log(self.evaluate(), step=self.step)
 
     # -------------------------------------------------------------------------------------------------------- save
     def save_checkpoint(self) -> None:
@@ -224,8 +239,10 @@ class SFTRecipe:
         try:
             self.setup()
             self.train()
-            if self.config.train.export:
+            if self.config.train.export and not self.preempted:
                 self.export()
             self.logger.close()
         finally:
             distributed.shutdown(self.engine)
+        if self.preempted:
+            raise SystemExit(REQUEUE_EXIT_CODE)

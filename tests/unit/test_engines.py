@@ -42,7 +42,9 @@ def test_frozen_engine_has_no_optimizer_settings():
     assert frozen["gradient_accumulation_steps"] == 1
     assert "gradient_clipping" not in frozen
     # Under ZeRO-3 a frozen model stays partitioned (that is what makes 70B reference models fit).
-    frozen3 = deepspeed_config(DeepSpeedConfig(zero_stage=3), micro_batch_size=8, gradient_accumulation_steps=1, trainable=False)
+    frozen3 = deepspeed_config(
+        DeepSpeedConfig(zero_stage=3), micro_batch_size=8, gradient_accumulation_steps=1, trainable=False
+    )
     assert frozen3["zero_optimization"]["stage"] == 3
 
 

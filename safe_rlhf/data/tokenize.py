@@ -1,0 +1,454 @@
+"""Rendering conversations to token ids, tokenizing samples, and collating them into padded batches.
+
+Rendering: with ``tokenizer.chat_template`` set, the prompt is
+``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)``.
+Otherwise the default text template (system message optional, earlier turns kept, one space between parts)::
+
+    BEGINNING OF CONVERSATION: SYSTEM: {system} USER: {user_1} ASSISTANT: {assistant_1} USER: {user_2} ASSISTANT:
+
+tokenized with ``add_special_tokens=True`` (so a BOS is added when the tokenizer adds one).
+The response is always ``tokenizer(response, add_special_tokens=False).input_ids + [eos_token_id]``, appended to the
+prompt ids (the same ids the policy produces at generation time, where the prompt ends at the generation prompt).
+
+Lengths (``max_length`` counts tokens of the full sequence):
+
+* SFT / preference: the prompt must leave room for at least one response token (``len(prompt) < max_length``),
+  otherwise the sample is rejected with reason ``prompt_too_long``; a response that does not fit is cut at
+  ``max_length`` and the cut is recorded (``response_truncated``), never silent. A truncated response has no EOS.
+* Prompts (generation): ``len(prompt) <= max_length``, otherwise ``prompt_too_long``.
+
+Padding: SFT and preference batches are right-padded, prompt batches left-padded (generation appends on the right).
+The pad token must exist and differ from EOS (otherwise the end of a sequence cannot be told from padding).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from safe_rlhf.data.errors import PROMPT_TOO_LONG, DataError, TokenizerError
+from safe_rlhf.data.types import (
+    AttributeSample,
+    LoadResult,
+    Messages,
+    PreferenceSample,
+    PromptSample,
+    Sample,
+    SFTSample,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+"""Label value for tokens without a loss (prompt tokens, padding)."""
+
+DEFAULT_TEMPLATE_BEGIN = "BEGINNING OF CONVERSATION:"
+DEFAULT_ROLE_LABELS = {"system": "SYSTEM:", "user": "USER:", "assistant": "ASSISTANT:"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    """Raise TokenizerError unless the tokenizer has an EOS and a pad token distinct from it."""
+    eos, pad = getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "pad_token_id", None)
+    if eos is None:
+        raise TokenizerError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
+    if pad is None:
+        raise TokenizerError(
+            "the tokenizer has no pad token; add one distinct from EOS (e.g. tokenizer.add_special_tokens("
+            "{'pad_token': '<pad>'}) and resize the model's embeddings)"
+        )
+    if pad == eos:
+        raise TokenizerError(
+            f"the tokenizer's pad token equals its EOS (id {eos}); padding would hide where sequences end: "
+            "add a distinct pad token"
+        )
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_default(messages: Messages, add_generation_prompt: bool = True) -> str:
+    """The default text template (module docstring); ends with ``ASSISTANT:`` when ``add_generation_prompt``."""
+    parts = [DEFAULT_TEMPLATE_BEGIN]
+    parts.extend(f"{DEFAULT_ROLE_LABELS[message.role]} {message.content}" for message in messages)
+    if add_generation_prompt:
+        parts.append(DEFAULT_ROLE_LABELS["assistant"])
+    return " ".join(parts)
+
+
+def render_text(messages: Messages, response: str | None = None, tokenizer: Any = None) -> str:
+    """Human-readable rendering: the chat template as text when ``tokenizer`` has one, else the default template.
+
+    With ``response`` it is appended after one space (default template) or directly (chat template).
+    """
+    if tokenizer is not None and has_chat_template(tokenizer):
+        prompt = tokenizer.apply_chat_template(
+            [message.to_dict() for message in messages], add_generation_prompt=True, tokenize=False
+        )
+        return str(prompt) + (response or "")
+    prompt = render_default(messages)
+    return prompt if response is None else f"{prompt} {response}"
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if isinstance(value, Mapping) or hasattr(value, "input_ids"):  # BatchEncoding / dict
+        value = value["input_ids"]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if value and isinstance(value[0], list):  # a batch of one
+        value = value[0]
+    return [int(token) for token in value]
+
+
+def prompt_ids(messages: Messages, tokenizer: Any) -> list[int]:
+    """Token ids of the prompt, ending with the generation prompt (chat template or default template)."""
+    if has_chat_template(tokenizer):
+        ids = tokenizer.apply_chat_template(
+            [message.to_dict() for message in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return _as_id_list(ids)
+    return _as_id_list(tokenizer(render_default(messages), add_special_tokens=True))
+
+
+def response_ids(response: str, tokenizer: Any) -> list[int]:
+    """Token ids of a response followed by EOS."""
+    return [*_as_id_list(tokenizer(response, add_special_tokens=False)), int(tokenizer.eos_token_id)]
+
+
+def _prompt_too_long(origin: str, length: int, max_length: int, needs_room: bool) -> DataError:
+    limit = f"max_length {max_length} leaves no room for a response" if needs_room else f"max_length is {max_length}"
+    path, _, row = origin.rpartition(":")
+    location: dict[str, Any] = {"path": path, "row": int(row)} if row.isdigit() and path else {"path": origin or None}
+    return DataError(f"prompt is {length} tokens; {limit}", reason=PROMPT_TOO_LONG, field="prompt", **location)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tokenized samples
+
+
+@dataclass(frozen=True)
+class TokenizedSFT:
+    """One SFT sequence: prompt + response + EOS (cut at max_length)."""
+
+    input_ids: list[int]
+    """(L,) prompt ids then response ids."""
+    labels: list[int]
+    """(L,) ``IGNORE_INDEX`` on prompt tokens, the response ids elsewhere."""
+    prompt_length: int
+    """Number of prompt tokens at the start of ``input_ids``."""
+    response_truncated: bool
+    """True when the response (or its EOS) was cut to fit ``max_length``."""
+
+
+@dataclass(frozen=True)
+class TokenizedPreference:
+    """The two sequences of a preference pair, in response order (index 0 / 1 as in the sample)."""
+
+    input_ids: tuple[list[int], list[int]]
+    """Per response: prompt + response + EOS, cut at max_length."""
+    prompt_length: int
+    """Number of prompt tokens (shared by both sequences)."""
+    response_truncated: tuple[bool, bool]
+    """Per response: whether it was cut."""
+    better_id: int
+    """0 or 1."""
+    safer_id: int | None = None
+    """0, 1 or None when unlabelled."""
+    is_safe: tuple[bool | None, bool | None] = (None, None)
+    """Per response: safety label."""
+    severity: tuple[int | None, int | None] = (None, None)
+    """Per response: severity level 0-3."""
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """Per response: sequence length in tokens."""
+        return (len(self.input_ids[0]), len(self.input_ids[1]))
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt for generation."""
+
+    input_ids: list[int]
+    """(L,) prompt ids ending with the generation prompt."""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    """The sample's ``meta`` (e.g. ``risky``, ``prompt_source``)."""
+
+
+def _prompt_and_response(
+    messages: Messages, response: str, tokenizer: Any, max_length: int, origin: str
+) -> tuple[list[int], list[int], bool]:
+    prompt = prompt_ids(messages, tokenizer)
+    if len(prompt) >= max_length:
+        raise _prompt_too_long(origin, len(prompt), max_length, needs_room=True)
+    answer = response_ids(response, tokenizer)
+    room = max_length - len(prompt)
+    return prompt, answer[:room], len(answer) > room
+
+
+def tokenize_sft(sample: SFTSample | AttributeSample, tokenizer: Any, max_length: int) -> TokenizedSFT:
+    """Tokenize an SFT sample; labels mask the prompt with ``IGNORE_INDEX``.
+
+    Raises:
+        TokenizerError: no pad token, or pad == EOS.
+        DataError: reason ``prompt_too_long`` when the prompt leaves no room for a response token.
+    """
+    check_tokenizer(tokenizer)
+    prompt, answer, truncated = _prompt_and_response(
+        sample.messages, sample.response, tokenizer, max_length, sample.origin
+    )
+    return TokenizedSFT(
+        input_ids=prompt + answer,
+        labels=[IGNORE_INDEX] * len(prompt) + answer,
+        prompt_length=len(prompt),
+        response_truncated=truncated,
+    )
+
+
+def tokenize_preference(sample: PreferenceSample, tokenizer: Any, max_length: int) -> TokenizedPreference:
+    """Tokenize both responses of a preference pair (same prompt ids, each + EOS, each cut at ``max_length``)."""
+    check_tokenizer(tokenizer)
+    prompt = prompt_ids(sample.messages, tokenizer)
+    if len(prompt) >= max_length:
+        raise _prompt_too_long(sample.origin, len(prompt), max_length, needs_room=True)
+    room = max_length - len(prompt)
+    answers = [response_ids(response, tokenizer) for response in sample.responses]
+    return TokenizedPreference(
+        input_ids=(prompt + answers[0][:room], prompt + answers[1][:room]),
+        prompt_length=len(prompt),
+        response_truncated=(len(answers[0]) > room, len(answers[1]) > room),
+        better_id=sample.better_id,
+        safer_id=sample.safer_id,
+        is_safe=sample.is_safe,
+        severity=sample.severity,
+    )
+
+
+def tokenize_prompt(sample: Sample, tokenizer: Any, max_length: int) -> TokenizedPrompt:
+    """Tokenize the prompt of any sample for generation; ``prompt_too_long`` when longer than ``max_length``."""
+    check_tokenizer(tokenizer)
+    prompt = prompt_ids(sample.messages, tokenizer)
+    if len(prompt) > max_length:
+        raise _prompt_too_long(sample.origin, len(prompt), max_length, needs_room=False)
+    meta = sample.meta if isinstance(sample, PromptSample) else {}
+    return TokenizedPrompt(input_ids=prompt, meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# collators
+
+
+def _pad(sequences: Sequence[Sequence[int]], value: int, length: int, left: bool = False) -> torch.Tensor:
+    """(B, length) LongTensor of ``sequences`` padded with ``value`` on the right (or left)."""
+    import torch
+
+    batch = torch.full((len(sequences), length), value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if not sequence:
+            continue
+        tensor = torch.as_tensor(list(sequence), dtype=torch.long)
+        if left:
+            batch[row, length - len(sequence) :] = tensor
+        else:
+            batch[row, : len(sequence)] = tensor
+    return batch
+
+
+def _mask(sequences: Sequence[Sequence[int]], length: int, left: bool = False) -> torch.Tensor:
+    """(B, length) LongTensor: 1 on real tokens, 0 on padding."""
+    return _pad([[1] * len(sequence) for sequence in sequences], 0, length, left)
+
+
+def collate_sft(items: Sequence[TokenizedSFT], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded SFT batch.
+
+    Returns:
+        ``input_ids`` (B, L) padded with ``pad_token_id``; ``attention_mask`` (B, L) 1/0;
+        ``labels`` (B, L) with ``IGNORE_INDEX`` on prompt and padding positions.
+    """
+    length = max((len(item.input_ids) for item in items), default=0)
+    ids = [item.input_ids for item in items]
+    return {
+        "input_ids": _pad(ids, pad_token_id, length),
+        "attention_mask": _mask(ids, length),
+        "labels": _pad([item.labels for item in items], IGNORE_INDEX, length),
+    }
+
+
+def _label(value: bool | int | None) -> int:
+    return -1 if value is None else int(value)
+
+
+def collate_preference(items: Sequence[TokenizedPreference], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded preference batch; every (B, L) tensor shares one L (so better / worse can be concatenated).
+
+    Returns:
+        ``better_input_ids``, ``better_attention_mask``, ``worse_input_ids``, ``worse_attention_mask`` (B, L):
+            the more / less helpful sequence.
+        ``safer_input_ids``, ``safer_attention_mask``, ``unsafer_input_ids``, ``unsafer_attention_mask`` (B, L):
+            the more / less harmless sequence; where ``safer_id`` is unknown these repeat better / worse and
+            ``has_safety_labels`` is False.
+        ``safer_is_safe``, ``unsafer_is_safe`` (B,) long: 1 safe, 0 unsafe, -1 unknown
+            (the cost-model sign is ``s = 1 - 2 * is_safe``: +1 unsafe, -1 safe).
+        ``has_safety_labels`` (B,) bool: safer id and both is_safe labels known.
+        ``better_id`` (B,) long 0/1; ``safer_id`` (B,) long 0/1, -1 unknown.
+        ``is_safe`` (B, 2) long 1/0/-1 and ``severity`` (B, 2) long 0-3 / -1, in response order.
+    """
+    import torch
+
+    better = [item.input_ids[item.better_id] for item in items]
+    worse = [item.input_ids[1 - item.better_id] for item in items]
+    safer_index = [item.better_id if item.safer_id is None else item.safer_id for item in items]
+    safer = [item.input_ids[index] for item, index in zip(items, safer_index)]
+    unsafer = [item.input_ids[1 - index] for item, index in zip(items, safer_index)]
+    length = max((len(ids) for item in items for ids in item.input_ids), default=0)
+    batch: dict[str, torch.Tensor] = {}
+    for name, sequences in (("better", better), ("worse", worse), ("safer", safer), ("unsafer", unsafer)):
+        batch[f"{name}_input_ids"] = _pad(sequences, pad_token_id, length)
+        batch[f"{name}_attention_mask"] = _mask(sequences, length)
+    batch["safer_is_safe"] = torch.tensor(
+        [_label(item.is_safe[index]) for item, index in zip(items, safer_index)], dtype=torch.long
+    )
+    batch["unsafer_is_safe"] = torch.tensor(
+        [_label(item.is_safe[1 - index]) for item, index in zip(items, safer_index)], dtype=torch.long
+    )
+    batch["has_safety_labels"] = torch.tensor(
+        [item.safer_id is not None and None not in item.is_safe for item in items], dtype=torch.bool
+    )
+    batch["better_id"] = torch.tensor([item.better_id for item in items], dtype=torch.long)
+    batch["safer_id"] = torch.tensor([_label(item.safer_id) for item in items], dtype=torch.long)
+    batch["is_safe"] = torch.tensor([[_label(v) for v in item.is_safe] for item in items], dtype=torch.long)
+    batch["severity"] = torch.tensor([[_label(v) for v in item.severity] for item in items], dtype=torch.long)
+    if not items:
+        batch["is_safe"] = batch["is_safe"].reshape(0, 2)
+        batch["severity"] = batch["severity"].reshape(0, 2)
+    return batch
+
+
+def collate_prompts(items: Sequence[TokenizedPrompt], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """LEFT-padded prompt batch for generation.
+
+    Returns:
+        ``input_ids`` (B, L) with ``pad_token_id`` on the left; ``attention_mask`` (B, L) 0 on the padding.
+    """
+    length = max((len(item.input_ids) for item in items), default=0)
+    ids = [item.input_ids for item in items]
+    return {"input_ids": _pad(ids, pad_token_id, length, left=True), "attention_mask": _mask(ids, length, left=True)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tokenized dataset
+
+
+@dataclass
+class TokenizeStats:
+    """Counts from tokenizing a dataset."""
+
+    kept: int = 0
+    """Samples tokenized and kept."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Reason -> samples dropped (``prompt_too_long``), with ``on_error="skip"``."""
+    response_truncated: int = 0
+    """Kept samples with at least one response cut at max_length."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"kept": self.kept, "skipped": dict(self.skipped), "response_truncated": self.response_truncated}
+
+
+_TOKENIZE_AS = {"sft": "sft", "attribute": "sft", "preference": "preference", "prompt": "prompt"}
+_KIND_OF_TYPE: dict[type, str] = {
+    SFTSample: "sft",
+    AttributeSample: "attribute",
+    PreferenceSample: "preference",
+    PromptSample: "prompt",
+}
+
+
+class TokenizedDataset:
+    """A map-style dataset (usable with ``torch.utils.data.DataLoader``) of tokenized samples.
+
+    ``as_kind`` picks the tokenization: ``"sft"`` (SFT / attribute samples: prompt-masked labels), ``"preference"``,
+    or ``"prompt"`` (any sample's prompt, for generation). By default it follows the samples' kind (attribute
+    samples are tokenized as SFT). ``collate`` is the matching collator. Samples are tokenized eagerly here, so
+    problems surface before training starts; ``stats`` holds the counts (``prompt_too_long`` skips, truncations).
+    """
+
+    def __init__(
+        self,
+        samples: LoadResult | Sequence[Sample],
+        tokenizer: Any,
+        max_length: int,
+        *,
+        as_kind: str | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        check_tokenizer(tokenizer)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        sample_list = list(samples.samples if isinstance(samples, LoadResult) else samples)
+        kinds = {_KIND_OF_TYPE.get(type(sample)) for sample in sample_list}
+        if None in kinds:
+            raise TypeError("TokenizedDataset takes SFTSample, PreferenceSample, PromptSample or AttributeSample items")
+        if as_kind is None:
+            if len(kinds) > 1:
+                raise TypeError(f"samples of several kinds ({', '.join(sorted(map(str, kinds)))}): pass as_kind")
+            source_kind = kinds.pop() if kinds else (samples.kind if isinstance(samples, LoadResult) else "sft")
+            as_kind = _TOKENIZE_AS[str(source_kind)]
+        if as_kind not in ("sft", "preference", "prompt"):
+            raise ValueError(f"as_kind must be 'sft', 'preference' or 'prompt', got {as_kind!r}")
+        self.kind = as_kind
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.max_length = max_length
+        self.items: list[Any] = []
+        skipped: Counter[str] = Counter()
+        truncated = 0
+        for sample in sample_list:
+            try:
+                item = self._tokenize(sample, tokenizer)
+            except DataError as error:
+                if on_error == "raise":
+                    raise
+                skipped[error.reason] += 1
+                continue
+            if isinstance(item, TokenizedPreference):
+                truncated += int(any(item.response_truncated))
+            elif isinstance(item, TokenizedSFT):
+                truncated += int(item.response_truncated)
+            self.items.append(item)
+        self.stats = TokenizeStats(kept=len(self.items), skipped=dict(skipped), response_truncated=truncated)
+
+    def _tokenize(self, sample: Sample, tokenizer: Any) -> Any:
+        if self.kind == "prompt":
+            return tokenize_prompt(sample, tokenizer, self.max_length)
+        if self.kind == "preference":
+            if not isinstance(sample, PreferenceSample):
+                raise TypeError(f"preference tokenization needs PreferenceSample, got {type(sample).__name__}")
+            return tokenize_preference(sample, tokenizer, self.max_length)
+        if not isinstance(sample, SFTSample | AttributeSample):
+            raise TypeError(f"sft tokenization needs SFTSample or AttributeSample, got {type(sample).__name__}")
+        return tokenize_sft(sample, tokenizer, self.max_length)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """The collator for this dataset's kind, bound to its pad token id."""
+        if self.kind == "preference":
+            return collate_preference(items, self.pad_token_id)
+        if self.kind == "prompt":
+            return collate_prompts(items, self.pad_token_id)
+        return collate_sft(items, self.pad_token_id)
