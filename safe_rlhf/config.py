@@ -194,14 +194,110 @@ class SFTConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-RECIPE_SCHEMAS: dict[str, type] = {"sft": SFTConfig}
+@dataclass
+class ScoreConfig:
+    """What the score model learns and how its scores are kept."""
+
+    # "preference" (Bradley-Terry on pairs; the cost model adds its sign terms) or "regression" (multi-attribute MSE).
+    objective: str = "preference"
+    # Outputs of the score head (regression: one per attribute; PPO-Lag with K constraints: one per constraint).
+    score_dim: int = 1
+    # Weight a of the score regulariser a * mean(score^2) (reference: 0.001).
+    regularization: float = 0.001
+    # Cost model only: loss weight of a pair by the unsafer response's severity level 0-3 (minor < moderate < severe);
+    # [1, 1, 1, 1] = no weighting, e.g. [1, 1, 2, 4] makes severe-harm pairs count four times.
+    severity_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    # Score statistics kept with the model: "none", "running" (mean/var of all scores seen) or "ema".
+    normalizer: str = "running"
+    # Decay of the "ema" normalizer.
+    normalizer_decay: float = 0.99
+    # Whether loaders apply the stored statistics (scores become (s - mean) / std downstream).
+    normalize: bool = False
+    # Length-balanced training: bin pairs by |length difference| and downsample each bin so the preferred response is
+    # longer as often as shorter (removes length as a shortcut). 0 = off, otherwise the number of bins.
+    length_balance_bins: int = 0
+    # Regression: the attribute names (HelpSteer: helpfulness, correctness, coherence, complexity, verbosity).
+    attribute_names: list[str] = field(default_factory=list)
+    # Regression: weights that combine the attributes into one reward (empty = equal weights).
+    attribute_weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("score.objective", self.objective, ("preference", "regression"))
+        _choice("score.normalizer", self.normalizer, ("none", "running", "ema"))
+        _positive("score.score_dim", self.score_dim)
+        _positive("score.regularization", self.regularization, allow_zero=True)
+        if len(self.severity_weights) != 4 or any(w < 0 for w in self.severity_weights):
+            raise ConfigError(
+                f"score.severity_weights={self.severity_weights} must be 4 non-negative numbers (levels 0-3)"
+            )
+        if self.objective == "regression":
+            if len(self.attribute_names) != self.score_dim:
+                raise ConfigError(
+                    f"score.attribute_names has {len(self.attribute_names)} names "
+                    f"but score.score_dim={self.score_dim}; "
+                    "give one name per output"
+                )
+            if self.attribute_weights and len(self.attribute_weights) != self.score_dim:
+                raise ConfigError(f"score.attribute_weights needs {self.score_dim} weights, one per attribute")
+
+
+@dataclass
+class ScoreModelConfig:
+    """Reward or cost model training: ``--config-name reward_model`` / ``--config-name cost_model``."""
+
+    # "reward_model" (helpfulness: better > worse) or "cost_model" (harm: unsafer > safer, sign = safety).
+    recipe: str = "reward_model"
+    # The run directory (config, command, metrics, checkpoints, model/, eval/).
+    output_dir: str = "runs/reward_model"
+    # Seed for data order, head initialisation and sampling.
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="toyworld:preference", eval="toyworld:preference_test")
+    )
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+@dataclass
+class ScoreEvalConfig:
+    """Score-model evaluation: ``python -m safe_rlhf.evaluate --config-name score_model model.name_or_path=DIR``."""
+
+    # Which program runs this config (do not change).
+    recipe: str = "score_model"
+    # Where scores.jsonl and summary.json go.
+    output_dir: str = "runs/eval/score_model"
+    # Seed (proportion sampling of the data spec).
+    seed: int = 42
+    # "reward" or "cost": which accuracy is the headline (cost adds sign accuracy); "auto" reads the model's config.
+    score_type: str = "auto"
+    # Samples per forward pass.
+    batch_size: int = 32
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(train="toyworld:preference_test", eval_fraction=0.0))
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        _choice("score_type", self.score_type, ("auto", "reward", "cost"))
+        _positive("batch_size", self.batch_size)
+
+
+RECIPE_SCHEMAS: dict[str, type] = {
+    "sft": SFTConfig,
+    "reward_model": ScoreModelConfig,
+    "cost_model": ScoreModelConfig,
+    "score_model": ScoreEvalConfig,
+}
 
 
 def register_configs() -> None:
     """Register every recipe schema as ``<recipe>_schema`` for the YAML defaults lists."""
     store = ConfigStore.instance()
     for name, schema in RECIPE_SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=schema)
+        store.store(name=f"{name}_schema", node=schema(recipe=name))
 
 
 def validate(config: Any, world_size: int) -> None:

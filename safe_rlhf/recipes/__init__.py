@@ -7,6 +7,9 @@ from typing import Any
 
 _RECIPE_CLASSES = {
     "sft": "safe_rlhf.recipes.sft:SFTRecipe",
+    "reward_model": "safe_rlhf.recipes.score_model:ScoreModelRecipe",
+    "cost_model": "safe_rlhf.recipes.score_model:ScoreModelRecipe",
+    "score_model": "safe_rlhf.evaluate:ScoreModelEvaluation",
 }
 
 

@@ -1,0 +1,449 @@
+"""Reward-model and cost-model training: a causal-LM backbone plus a linear score head, on preference pairs.
+
+Run it::
+
+    python -m safe_rlhf.train --config-name reward_model model.name_or_path=runs/sft/model
+    python -m safe_rlhf.train --config-name cost_model model.name_or_path=runs/sft/model \\
+        score.severity_weights=[1,1,2,4]
+    python -m safe_rlhf.train --config-name reward_model data.train=pku-safe-rlhf:/data/PKU-SafeRLHF \\
+        model=hf model.name_or_path=/models/llama-3-8b-sft deepspeed=zero3 deepspeed.precision=bf16
+    # multi-attribute regression (HelpSteer's five 0-4 scores combined into one reward)
+    python -m safe_rlhf.train --config-name reward_model score.objective=regression score.score_dim=5 \\
+        score.attribute_names=[helpfulness,correctness,coherence,complexity,verbosity] \\
+        score.attribute_weights=[0.65,0.8,0.45,0.55,-0.4] data.train=helpsteer:/data/helpsteer data.eval=null
+
+Losses (safe_rlhf.algorithms): reward ``-log sigmoid(R(better) - R(worse)) + a * mean(R^2)``; cost
+``-log sigmoid(C(unsafer) - C(safer)) - log sigmoid(s_safer C(safer)) - log sigmoid(s_unsafer C(unsafer))``
+``+ a mean(C^2)``
+with s = +1 unsafe, -1 safe, so **cost > 0 means unsafe**. Output: ``output_dir/model`` (a Hugging Face
+sequence-classification directory whose config records score type, sign convention and score statistics) and
+``output_dir/eval/summary.json`` (the same numbers as ``python -m safe_rlhf.evaluate --config-name score_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safe_rlhf import distributed, engines
+from safe_rlhf.algorithms import cost_model_loss, multi_attribute_regression_loss, reward_model_loss
+from safe_rlhf.config import ScoreModelConfig
+from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
+from safe_rlhf.recipes.common import (
+    REQUEUE_EXIT_CODE,
+    BatchSchedule,
+    PreemptionWatcher,
+    chunks,
+    seed_everything,
+    shard,
+    split_train_eval,
+    to_device,
+    total_steps,
+)
+from safe_rlhf.score_metrics import ScoredPair, score_model_summary
+from safe_rlhf.score_model import (
+    COST_SIGN_CONVENTION,
+    ScoreNormalizer,
+    end_scores,
+    load_score_model,
+    set_score_metadata,
+)
+
+
+def length_balanced(items: list[Any], num_bins: int, seed: int) -> tuple[list[Any], int]:
+    """Downsample pairs so that, within each bin of |length difference|, the preferred response is the longer one as
+    often as the shorter one. Pairs of equal length are kept. Returns (kept pairs in original order, dropped count)."""
+    if num_bins <= 0 or not items:
+        return items, 0
+    differences = [abs(item.lengths[item.better_id] - item.lengths[1 - item.better_id]) for item in items]
+    top = max(differences) or 1
+    groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+    keep: set[int] = set()
+    for index, (item, difference) in enumerate(zip(items, differences)):
+        if difference == 0:
+            keep.add(index)
+            continue
+        bin_index = min(num_bins - 1, (difference - 1) * num_bins // top)
+        better_is_longer = item.lengths[item.better_id] > item.lengths[1 - item.better_id]
+        groups[(bin_index, better_is_longer)].append(index)
+    rng = random.Random(seed)
+    for bin_index in range(num_bins):
+        longer, shorter = groups.get((bin_index, True), []), groups.get((bin_index, False), [])
+        size = min(len(longer), len(shorter))
+        keep.update(rng.sample(longer, size))
+        keep.update(rng.sample(shorter, size))
+    kept = [item for index, item in enumerate(items) if index in keep]
+    return kept, len(items) - len(kept)
+
+
+def toy_world_truth(sample: Any) -> tuple[tuple[float, float], tuple[int, int]] | None:
+    """Ground-truth helpfulness and harm severity of both responses when the sample is from the toy world."""
+    if not getattr(sample, "origin", "").find("toyworld") >= 0:
+        return None
+    from safe_rlhf.toyworld import harm, helpfulness
+
+    prompt = sample.prompt
+    helps = (helpfulness(prompt, sample.responses[0]), helpfulness(prompt, sample.responses[1]))
+    severities = (harm(prompt, sample.responses[0]).severity, harm(prompt, sample.responses[1]).severity)
+    return helps, severities
+
+
+@torch.no_grad()
+def score_pairs(
+    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, device: torch.device
+) -> list[ScoredPair]:
+    """Score both responses of every pair (this rank's share; caller gathers). ZeRO-3-safe: equal pass counts."""
+    from safe_rlhf.data import collate_preference
+
+    pairs: list[ScoredPair] = []
+    indices = shard(list(range(len(items))))
+    per_rank = -(-len(items) // distributed.world_size())
+    passes = -(-per_rank // batch_size)
+    batches = list(chunks(indices, batch_size))
+    for pass_index in range(passes):
+        batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
+        batch = to_device(collate_preference([items[i] for i in batch_ids], pad_token_id), device)
+        # Response order as in the data: "better" is better_id, so map back.
+        better = end_scores(model, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
+        worse = end_scores(model, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
+        if pass_index >= len(batches):
+            continue
+        for row, index in enumerate(batch_ids):
+            item, sample = items[index], samples[index]
+            scores = [0.0, 0.0]
+            scores[item.better_id] = float(better[row])
+            scores[1 - item.better_id] = float(worse[row])
+            truth = toy_world_truth(sample)
+            pairs.append(
+                ScoredPair(
+                    scores=(scores[0], scores[1]),
+                    lengths=item.lengths,
+                    better_id=item.better_id,
+                    safer_id=item.safer_id,
+                    is_safe=tuple(sample.is_safe),  # type: ignore[arg-type]
+                    severity=tuple(sample.severity),  # type: ignore[arg-type]
+                    categories=tuple(sample.harm_categories),  # type: ignore[arg-type]
+                    true_helpfulness=truth[0] if truth else None,
+                    true_severity=truth[1] if truth else None,
+                )
+            )
+    return pairs
+
+
+def gather_pairs(pairs: list[ScoredPair]) -> list[ScoredPair]:
+    if distributed.world_size() == 1:
+        return pairs
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * distributed.world_size()
+    dist.all_gather_object(gathered, pairs)
+    return [pair for part in gathered for pair in part]
+
+
+class ScoreModelRecipe:
+    """Reward model (recipe=reward_model) or cost model (recipe=cost_model): setup -> train -> evaluate -> export."""
+
+    def __init__(self, config: ScoreModelConfig, run_dir: str) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.engine: Any = None
+        self.step = 0
+        self.preempted = False
+        self.is_cost = config.recipe == "cost_model"
+        self.regression = config.score.objective == "regression"
+        self.normalizer = ScoreNormalizer(kind=config.score.normalizer, decay=config.score.normalizer_decay)
+
+    # ------------------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        config = self.config
+        distributed.init_distributed()
+        seed_everything(config.seed)
+        write_run_files(self.run_dir, config)
+        self.device = distributed.device()
+        self.tokenizer = engines.load_tokenizer(config.model)
+        self._setup_data()
+        self.schedule = BatchSchedule(
+            num_samples=len(self.train_items),
+            batch_size=config.train.batch_size,
+            micro_batch_size=config.train.micro_batch_size,
+            world_size=distributed.world_size(),
+            rank=distributed.rank(),
+            seed=config.seed,
+        )
+        self.total_steps = total_steps(
+            len(self.train_items), config.train.batch_size, config.train.epochs, config.train.max_steps
+        )
+        ds_config = engines.deepspeed_config(
+            config.deepspeed,
+            micro_batch_size=config.train.micro_batch_size,
+            gradient_accumulation_steps=self.schedule.gradient_accumulation_steps,
+        )
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # Kept referenced: under ZeRO-3 it makes from_pretrained partition the weights while loading.
+        self.zero3_context = HfDeepSpeedConfig(ds_config) if config.deepspeed.zero_stage == 3 else None
+        model = load_score_model(
+            config.model.name_or_path,
+            score_dim=config.score.score_dim,
+            dtype=engines.compute_dtype(config.deepspeed),
+            trust_remote_code=config.model.trust_remote_code,
+            new_head=True,
+        )
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        engines.disable_dropout(model)
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.engine = engines.trainable_engine(model, ds_config, config.optim, self.total_steps, config.deepspeed)
+        self.logger = MetricLogger(
+            self.run_dir,
+            config.logger.backends,
+            project=config.logger.project,
+            run_name=config.logger.run_name,
+            wandb_mode=config.logger.wandb_mode,
+            config=config_to_dict(config),
+            total_steps=self.total_steps,
+            description=config.recipe,
+        )
+        checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
+        if checkpoint is not None:
+            state = engines.load_checkpoint(checkpoint, {"score_model": self.engine})
+            self.step = int(state["step"])
+            self.normalizer = ScoreNormalizer.from_dict(state.get("normalizer"))
+            self.logger.advance(self.step)
+            self.logger.message(f"resumed from {checkpoint} at step {self.step}")
+
+    def _setup_data(self) -> None:
+        from safe_rlhf.data import load_samples
+
+        data, kind = self.config.data, ("attribute" if self.regression else "preference")
+        train = load_samples(data.train, kind=kind, on_error=data.on_error, seed=self.config.seed)
+        train_samples = list(train.samples)
+        skipped: Counter[str] = Counter(train.stats.skipped)
+        if self.is_cost:
+            # The cost loss needs the safety preference and both safety labels.
+            labelled = [s for s in train_samples if s.safer_id is not None and None not in s.is_safe]
+            skipped["no_safety_labels"] += len(train_samples) - len(labelled)
+            train_samples = labelled
+        if data.eval:
+            eval_samples = list(
+                load_samples(data.eval, kind=kind, on_error=data.on_error, seed=self.config.seed).samples
+            )
+        else:
+            train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)
+        self.train_samples, self.train_items = self._tokenize(train_samples, skipped)
+        self.eval_samples, self.eval_items = self._tokenize(eval_samples, Counter())
+        if self.config.score.length_balance_bins and not self.regression:
+            balanced, dropped = length_balanced(
+                self.train_items, self.config.score.length_balance_bins, self.config.seed
+            )
+            kept_ids = {id(item) for item in balanced}
+            pairs = [(s, i) for s, i in zip(self.train_samples, self.train_items) if id(i) in kept_ids]
+            self.train_samples, self.train_items = [s for s, _ in pairs], [i for _, i in pairs]
+            skipped["length_balance"] += dropped
+        distributed.print0(
+            f"data: {train.stats.read} read, {len(self.train_items)} train, {len(self.eval_items)} eval"
+            + (f"; skipped {dict(skipped)}" if skipped else "")
+        )
+        self.skipped = dict(skipped)
+
+    def _tokenize(self, samples: list[Any], skipped: Counter[str]) -> tuple[list[Any], list[Any]]:
+        data = self.config.data
+        return self._tokenize_with(samples, self.tokenizer, data.max_length, data.on_error, self.regression, skipped)
+
+    @staticmethod
+    def _tokenize_with(
+        samples: list[Any],
+        tokenizer: Any,
+        max_length: int,
+        on_error: str,
+        regression: bool,
+        skipped: Counter[str] | None = None,
+    ) -> tuple[list[Any], list[Any]]:
+        """(samples, tokenized items) in the same order; a sample that cannot be tokenized is raised or counted."""
+        from safe_rlhf.data import DataError, tokenize_preference, tokenize_sft
+
+        kept_samples, items = [], []
+        for sample in samples:
+            try:
+                if regression:
+                    item: Any = tokenize_sft(sample, tokenizer, max_length)
+                else:
+                    item = tokenize_preference(sample, tokenizer, max_length)
+            except DataError as error:
+                if on_error == "raise":
+                    raise
+                if skipped is not None:
+                    skipped[error.reason] += 1
+                continue
+            kept_samples.append(sample)
+            items.append(item)
+        return kept_samples, items
+
+    # ------------------------------------------------------------------------------------------------------- train
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        regularization = self.config.score.regularization
+        if self.is_cost:
+            safer = end_scores(self.engine, batch["safer_input_ids"], batch["safer_attention_mask"])[:, 0]
+            unsafer = end_scores(self.engine, batch["unsafer_input_ids"], batch["unsafer_attention_mask"])[:, 0]
+            # Weight by the severity of the unsafer response (levels 0-3).
+            severity = batch["severity"]  # (B, 2) in response order
+            safer_id = batch["safer_id"].clamp_min(0)
+            unsafer_severity = severity.gather(1, (1 - safer_id).unsqueeze(1)).squeeze(1).clamp(0, 3)
+            weights = torch.tensor(self.config.score.severity_weights, device=safer.device)[unsafer_severity]
+            loss, stats = cost_model_loss(
+                safer, unsafer, batch["safer_is_safe"] == 1, batch["unsafer_is_safe"] == 1, regularization, weights
+            )
+            self.normalizer.update(torch.cat([safer, unsafer]).unsqueeze(1))
+            return loss, {"accuracy": float(stats.accuracy), "sign_accuracy": float(stats.sign_accuracy)}
+        better = end_scores(self.engine, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
+        worse = end_scores(self.engine, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
+        loss, reward_stats = reward_model_loss(better, worse, regularization)
+        self.normalizer.update(torch.cat([better, worse]).unsqueeze(1))
+        return loss, {"accuracy": float(reward_stats.accuracy)}
+
+    def _regression_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        from safe_rlhf.data import collate_sft
+
+        batch = to_device(collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
+        names = self.config.score.attribute_names
+        targets = torch.tensor(
+            [[float(self.train_samples[i].attributes[name]) for name in names] for i in ids], device=self.device
+        )
+        predicted = end_scores(self.engine, batch["input_ids"], batch["attention_mask"])  # (B, K)
+        weights = (
+            torch.tensor(self.config.score.attribute_weights, device=self.device)
+            if self.config.score.attribute_weights
+            else None
+        )
+        loss, stats = multi_attribute_regression_loss(predicted, targets, weights)
+        self.normalizer.update(predicted)
+        metrics = {f"mse_{name}": float(value) for name, value in zip(names, stats.per_attribute_mse)}
+        return loss, metrics
+
+    def _micro_batch_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        from safe_rlhf.data import collate_preference
+
+        if self.regression:
+            return self._regression_loss(ids)
+        items = [self.train_items[i] for i in ids]
+        return self._loss(to_device(collate_preference(items, self.tokenizer.pad_token_id), self.device))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        micro_batches = self.schedule.rank_indices(step)
+        for ids in micro_batches:
+            loss, stats = self._micro_batch_loss(ids)
+            # Pairs per micro-batch are equal, so the mean over micro-batches is the mean over pairs.
+            self.engine.backward(loss)
+            self.engine.step()
+            totals["loss"] += float(loss.detach())
+            for key, value in stats.items():
+                totals[key] += value
+        averaged = torch.tensor([totals[k] / len(micro_batches) for k in sorted(totals)], dtype=torch.float64)
+        averaged = distributed.all_reduce_mean(averaged)
+        return {f"train/{k}": float(v) for k, v in zip(sorted(totals), averaged)}
+
+    def evaluate(self) -> dict[str, Any]:
+        if not self.eval_items or self.regression:
+            return {}
+        self.engine.eval()
+        pairs = gather_pairs(
+            score_pairs(
+                self.engine,
+                self.eval_samples,
+                self.eval_items,
+                self.tokenizer.pad_token_id,
+                self.config.train.micro_batch_size,
+                self.device,
+            )
+        )
+        self.engine.train()
+        return score_model_summary(pairs, "cost" if self.is_cost else "reward")
+
+    @staticmethod
+    def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
+        keys = ("accuracy", "sign_accuracy", "true_accuracy", "true_sign_accuracy", "length_correlation")
+        return {f"eval/{k}": float(summary[k]) for k in keys if summary.get(k) is not None}
+
+    def train(self) -> None:
+        config = self.config.train
+        watcher = PreemptionWatcher().install()
+        self.engine.train()
+        start = time.perf_counter()
+        while self.step < self.total_steps:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            self.logger.advance()
+            if self.step % config.log_steps == 0 or self.step == self.total_steps:
+                metrics["train/lr"] = float(self.engine.get_lr()[0])
+                metrics["train/pairs_per_second"] = self.step * config.batch_size / (time.perf_counter() - start)
+                self.logger.log(metrics, step=self.step)
+            if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
+                self.logger.log(self.flat_metrics(self.evaluate()), step=self.step)
+            if config.save_steps and self.step % config.save_steps == 0:
+                self.save_checkpoint()
+            if self.step < self.total_steps and watcher.should_stop():
+                if not (config.save_steps and self.step % config.save_steps == 0):
+                    self.save_checkpoint()
+                self.logger.message(f"stopping at step {self.step} on signal {watcher.received}; resume=auto continues")
+                self.preempted = True
+                break
+        watcher.uninstall()
+
+    # -------------------------------------------------------------------------------------------------------- save
+    def save_checkpoint(self) -> None:
+        engines.save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            {"score_model": self.engine},
+            {"total_steps": self.total_steps, "normalizer": self.normalizer.to_dict()},
+            keep_last=self.config.train.save_total_limit,
+        )
+
+    def export(self) -> None:
+        score = self.config.score
+        set_score_metadata(
+            self.engine.module,
+            score_type="cost" if self.is_cost else "reward",
+            score_dim=score.score_dim,
+            objective=score.objective,
+            sign_convention=COST_SIGN_CONVENTION if self.is_cost else "higher is better",
+            normalizer=self.normalizer.to_dict(),
+            normalize=score.normalize,
+            attribute_names=list(score.attribute_names) or None,
+            attribute_weights=list(score.attribute_weights) or None,
+        )
+        path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        self.logger.message(f"exported score model to {path}")
+
+    def final_evaluation(self) -> None:
+        summary = self.evaluate()
+        if not summary:
+            return
+        self.logger.log(self.flat_metrics(summary), step=self.step)
+        if distributed.is_main_process():
+            (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
+            summary["skipped"] = self.skipped
+            (self.run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
+            headline = {k: summary.get(k) for k in ("accuracy", "sign_accuracy", "true_accuracy", "true_sign_accuracy")}
+            self.logger.message(f"evaluation: {json.dumps({k: v for k, v in headline.items() if v is not None})}")
+
+    def run(self) -> None:
+        try:
+            self.setup()
+            self.train()
+            if not self.preempted:
+                self.final_evaluation()
+                if self.config.train.export:
+                    self.export()
+            self.logger.close()
+        finally:
+            distributed.shutdown(self.engine)
+        if self.preempted:
+            raise SystemExit(REQUEUE_EXIT_CODE)

@@ -1,0 +1,170 @@
+"""Score models: a Hugging Face causal-LM backbone with a linear head of ``score_dim`` outputs.
+
+Reward models (helpfulness), cost models (harmlessness; **cost > 0 means unsafe, cost <= 0 safe**) and PPO critics are
+all this. A score model is saved as an ordinary Hugging Face sequence-classification directory
+(``AutoModelForSequenceClassification``: backbone + ``score`` head, safetensors), and its ``config.json`` records what
+it is under ``safe_rlhf``::
+
+    {"score_type": "cost", "score_dim": 1, "sign_convention": "cost > 0 means unsafe, cost <= 0 safe",
+     "normalizer": {"kind": "running", "mean": [..], "var": [..], "count": N}, "normalize": false,
+     "attribute_names": null}
+
+so :func:`load_score_model` followed by :func:`end_scores` reproduces the scores exactly.
+
+The score of a sequence is read at its **last real token** (the last position whose attention mask is 1), both in
+training (right-padded pairs) and in RL (left-padded prompt + response), never at padding and never relying on
+``pad_token_id`` (which breaks when pad == eos).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+COST_SIGN_CONVENTION = "cost > 0 means unsafe, cost <= 0 safe"
+
+
+@dataclass
+class ScoreNormalizer:
+    """Running (Welford) or exponential-moving-average statistics of scores, per output dimension."""
+
+    kind: str = "none"  # "none", "running" or "ema"
+    decay: float = 0.99
+    mean: list[float] = field(default_factory=list)
+    var: list[float] = field(default_factory=list)
+    count: int = 0
+
+    def update(self, scores: torch.Tensor) -> None:  # scores (N, K)
+        if self.kind == "none" or scores.numel() == 0:
+            return
+        scores = scores.detach().double().cpu()
+        if not self.mean:
+            self.mean, self.var = [0.0] * scores.shape[1], [1.0] * scores.shape[1]
+        batch_mean = scores.mean(0)
+        batch_var = scores.var(0, unbiased=False)
+        mean, var = torch.tensor(self.mean, dtype=torch.float64), torch.tensor(self.var, dtype=torch.float64)
+        n = scores.shape[0]
+        if self.kind == "running":
+            total = self.count + n
+            delta = batch_mean - mean
+            new_mean = mean + delta * n / total
+            # Chan et al.'s parallel combination of (count, mean, M2).
+            m2 = var * self.count + batch_var * n + delta**2 * self.count * n / total
+            new_var = m2 / total
+        else:
+            weight = self.decay if self.count else 0.0
+            new_mean = weight * mean + (1 - weight) * batch_mean
+            new_var = weight * var + (1 - weight) * batch_var
+        self.mean, self.var, self.count = new_mean.tolist(), new_var.tolist(), self.count + n
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none" or not self.mean:
+            return scores
+        mean = torch.tensor(self.mean, dtype=scores.dtype, device=scores.device)
+        std = torch.tensor(self.var, dtype=scores.dtype, device=scores.device).clamp_min(1e-8).sqrt()
+        return (scores - mean) / std
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "decay": self.decay, "mean": self.mean, "var": self.var, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> ScoreNormalizer:
+        return cls(**values) if values else cls()
+
+
+def init_score_head(head: torch.nn.Linear) -> None:
+    """N(0, 1/sqrt(d + 1)) weights and zero bias (the reference's initialisation), also under ZeRO-3."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=0):
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / math.sqrt(head.weight.shape[1] + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+
+
+def score_head(model: Any) -> torch.nn.Linear:
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear `score` head; use a *ForSequenceClassification model")
+    return head
+
+
+def backbone(model: Any) -> torch.nn.Module:
+    return getattr(model, model.base_model_prefix)
+
+
+def token_scores(
+    model: Any,
+    input_ids: torch.Tensor,  # (B, L)
+    attention_mask: torch.Tensor,  # (B, L)
+) -> torch.Tensor:  # (B, L, K): the head applied at every position (critics use all of them)
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, d)
+    return score_head(model)(hidden).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)
+    """Index of each row's last real token (right or left padding alike); 0 for an all-padding row."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, torch.zeros_like(positions)).amax(dim=1)
+
+
+def end_scores(
+    model: Any,
+    input_ids: torch.Tensor,  # (B, L)
+    attention_mask: torch.Tensor,  # (B, L)
+) -> torch.Tensor:  # (B, K)
+    """Raw (unnormalized) scores at each sequence's last real token."""
+    scores = token_scores(model, input_ids, attention_mask)  # (B, L, K)
+    index = last_token_index(attention_mask)  # (B,)
+    return scores[torch.arange(scores.shape[0], device=scores.device), index]
+
+
+def score_metadata(model: Any) -> dict[str, Any]:
+    return dict(getattr(model.config, "safe_rlhf", None) or {})
+
+
+def set_score_metadata(model: Any, **values: Any) -> None:
+    metadata = score_metadata(model)
+    metadata.update(values)
+    model.config.safe_rlhf = metadata
+
+
+def load_score_model(
+    path: str,
+    *,
+    score_dim: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    new_head: bool = False,
+) -> Any:
+    """A score model from a score-model directory, or (``new_head=True``) a fresh head on a causal-LM checkpoint."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from safe_rlhf.assets import resolve_model_path
+
+    resolved = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    if score_dim is not None:
+        config.num_labels = score_dim
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolved, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    if new_head:
+        init_score_head(score_head(model))
+    return model
+
+
+def normalizer_of(model: Any) -> ScoreNormalizer:
+    return ScoreNormalizer.from_dict(score_metadata(model).get("normalizer"))
+
+
+def scores_for_use(model: Any, raw_scores: torch.Tensor) -> torch.Tensor:
+    """Raw scores, normalized when the model's metadata says ``normalize: true``."""
+    metadata = score_metadata(model)
+    if metadata.get("normalize"):
+        return normalizer_of(model).normalize(raw_scores)
+    return raw_scores
