@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +36,9 @@ SCRIPT_VARIABLES = (
 
 # A recording stand-in for a launcher: logs {"name", "argv", "event"} lines, prints to stdout and stderr, sleeps
 # STUB_SLEEP seconds, exits STUB_STATUS; on SIGTERM/SIGUSR1 it logs the signal and exits STUB_SIGNAL_STATUS.
+# With STUB_SRUN_RUNS_TASK=1, srun runs its task (the "bash -c ..." part) as node 0 and exits with its status.
 RECORDING_STUB = """\
-import json, os, signal, sys, time
+import json, os, signal, subprocess, sys, time
 
 name = os.path.basename(sys.argv[0])
 
@@ -54,6 +56,9 @@ def on_signal(signum, frame):
 signal.signal(signal.SIGTERM, on_signal)
 signal.signal(signal.SIGUSR1, on_signal)
 record("start")
+if name == "srun" and os.environ.get("STUB_SRUN_RUNS_TASK") == "1":
+    task = sys.argv[sys.argv.index("bash") :]
+    sys.exit(subprocess.run(task, env={**os.environ, "SLURM_NODEID": "0"}).returncode)
 if name != "scontrol":
     print(f"stub {name} stdout", flush=True)
     print(f"stub {name} stderr", file=sys.stderr, flush=True)
@@ -139,12 +144,23 @@ def assert_dry_run_started_nothing(stub_log: Path, output_dir: Path) -> None:
 
 
 OVERRIDES = ["deepspeed=zero2", "optim.lr=1e-5", "train.epochs=1"]
+# Rare in hydra overrides, but it must stay one word through quoting, launch_command.sh and bash -c.
+SPACED_OVERRIDE = "data.train=[a.jsonl, 'b c.jsonl']"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
 def test_script_passes_bash_syntax_check(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_pass_shellcheck():
+    result = subprocess.run(
+        ["shellcheck", "-x", *(str(path.relative_to(REPO_ROOT)) for path in SCRIPTS)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
 
 
 @pytest.mark.parametrize("script", LAUNCHERS, ids=lambda path: path.name)
@@ -167,7 +183,7 @@ def test_every_launcher_is_tested():
 
 def test_single_node_dry_run_prints_the_deepspeed_command(stubs, stub_log, tmp_path):
     output_dir = tmp_path / "run"
-    overrides = [*OVERRIDES, f"output_dir={output_dir}"]
+    overrides = [*OVERRIDES, SPACED_OVERRIDE, f"output_dir={output_dir}"]
     env = script_env(stubs, stub_log, DRY_RUN="1", NUM_GPUS="2")
     result = run_script(LAUNCH_DIR / "single_node.sh", ["sft", *overrides], env, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -230,7 +246,7 @@ def test_single_node_without_recipe_fails_with_usage(stubs, stub_log, tmp_path):
 @pytest.mark.parametrize("status", [0, 75, 3])
 def test_single_node_run_records_command_and_log_and_returns_the_training_status(stubs, stub_log, tmp_path, status):
     output_dir = tmp_path / "run"
-    overrides = [*OVERRIDES, f"output_dir={output_dir}"]
+    overrides = [*OVERRIDES, SPACED_OVERRIDE, f"output_dir={output_dir}"]
     env = script_env(stubs, stub_log, NUM_GPUS="2", STUB_STATUS=str(status))
     result = run_script(LAUNCH_DIR / "single_node.sh", ["sft", *overrides], env, tmp_path)
 
@@ -430,22 +446,28 @@ def test_slurm_outside_a_job_refuses_to_run(stubs, stub_log, tmp_path):
 @pytest.mark.parametrize(("status", "requeued"), [(75, True), (0, False), (1, False)])
 def test_slurm_requeues_the_job_when_the_training_exits_75(stubs, stub_log, tmp_path, status, requeued):
     output_dir = tmp_path / "run"
-    env = script_env(stubs, stub_log, SAFE_RLHF_NODES="gpu03 gpu04", STUB_STATUS=str(status), **SLURM_ENV)
-    result = run_script(
-        LAUNCH_DIR / "slurm.sbatch", ["sft", "optim.lr=1e-5", f"output_dir={output_dir}"], env, tmp_path
+    env = script_env(
+        stubs, stub_log, SAFE_RLHF_NODES="gpu03 gpu04", STUB_STATUS=str(status), STUB_SRUN_RUNS_TASK="1", **SLURM_ENV
     )
+    args = ["sft", "optim.lr=1e-5", SPACED_OVERRIDE, f"output_dir={output_dir}"]
+    result = run_script(LAUNCH_DIR / "slurm.sbatch", args, env, tmp_path)
 
     assert result.returncode == status, result.stdout + result.stderr
     recorded = calls(stub_log)
-    assert recorded[0]["name"] == "srun"
-    _, per_node = split_srun(["srun", *recorded[0]["argv"]])
-    assert per_node[-3:] == ["optim.lr=1e-5", f"output_dir={output_dir}", "train.resume=auto"]
+    assert [call["name"] for call in recorded[:2]] == ["srun", "torchrun"]
+    # bash -c on the node turned the per-node command into these torchrun arguments
+    assert recorded[1]["argv"] == [
+        "--nnodes", "2", "--node_rank", "0", "--nproc_per_node", "8",
+        "--master_addr", "gpu03", "--master_port", "24242",
+        "-m", "safe_rlhf.train", "--config-name", "sft",
+        "optim.lr=1e-5", SPACED_OVERRIDE, f"output_dir={output_dir}", "train.resume=auto",
+    ]  # fmt: skip
     requeues = [call["argv"] for call in recorded if call["name"] == "scontrol"]
     assert requeues == ([["requeue", "4242"]] if requeued else [])
 
     log = (output_dir / "launch.log").read_text()
-    assert "stub srun stdout" in log
-    assert "stub srun stderr" in log
+    assert "stub torchrun stdout" in log
+    assert "stub torchrun stderr" in log
     assert f"training exited with status {status}" in log
     assert "bash -c" in (output_dir / "launch_command.sh").read_text()
 
@@ -476,3 +498,51 @@ def test_slurm_forwards_the_time_limit_warning_and_requeues(stubs, stub_log, tmp
     assert ("srun", "signal SIGTERM") in events
     assert [call["argv"] for call in calls(stub_log) if call["name"] == "scontrol"] == [["requeue", "4242"]]
     assert "got SIGUSR1" in (output_dir / "launch.log").read_text()
+
+
+# ---- conf/hydra/launcher/slurm.yaml
+
+LAUNCHER_CONFIG = REPO_ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml"
+# The fields of SlurmQueueConf in hydra-submitit-launcher 1.2 (the plugin's config.py).
+SUBMITIT_SLURM_FIELDS = {
+    "_target_", "submitit_folder", "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
+    "nodes", "name", "stderr_to_stdout", "partition", "qos", "comment", "constraint", "exclude", "gres",
+    "cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account", "signal_delay_s", "max_num_timeout",
+    "additional_parameters", "array_parallelism", "setup",
+}  # fmt: skip
+
+
+def test_slurm_launcher_config_uses_the_plugins_fields_with_a_comment_above_each():
+    import yaml
+
+    text = LAUNCHER_CONFIG.read_text()
+    assert text.startswith("# @package hydra.launcher\n")
+    values = yaml.safe_load(text)
+    assert values.pop("defaults") == ["submitit_slurm", "_self_"]
+    assert set(values) <= SUBMITIT_SLURM_FIELDS
+    assert values["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert values["tasks_per_node"] == 1  # one process per job: submitit sets no RANK / WORLD_SIZE
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if re.match(r"[A-Za-z_]+:", line) and line != "defaults:":
+            assert lines[index - 1].startswith("#"), f"no comment above '{line}'"
+
+
+def test_slurm_launcher_config_composes_when_the_plugin_is_installed():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from safe_rlhf.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
+        composed = compose(
+            config_name="sft",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.timeout_min=30"],
+            return_hydra_config=True,
+        )
+    launcher = composed.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.timeout_min == 30
+    assert launcher.signal_delay_s == 120
+    assert launcher.gres is None  # a field this file leaves to the plugin's schema

@@ -38,7 +38,7 @@ def test_last_token_index_left_right_and_empty():
 def test_end_score_is_the_same_with_left_and_right_padding():
     model = _tiny_score_model()
     sequence = [5, 9, 3, 7]
-    right = torch.tensor([sequence + [0, 0]])
+    right = torch.tensor([[*sequence, 0, 0]])
     right_mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     left = torch.tensor([[0, 0, *sequence]])
     left_mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
