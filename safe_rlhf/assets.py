@@ -5,7 +5,7 @@ Nothing here downloads. Build them explicitly with::
     python -m safe_rlhf.assets --output /path/to/tiny-llama           # tokenizer + model in one HF directory
     python -m safe_rlhf.assets --output DIR --hidden-size 128 --num-layers 4
 
-or let any config with ``model.name_or_path=tiny`` build them on first use into ``$SAFE_RLHF_CACHE/tiny-llama``
+or let any config with ``model.name_or_path=tiny`` build them on first use into ``$SAFE_RLHF_CACHE/tiny-llama-v2``
 (default cache ``~/.cache/safe_rlhf``). The result loads with plain ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +41,8 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-_FALLBACK_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "be", "da", "fi", "go", "pe", "zu", "an", "or")
+# Bumped whenever what build_tiny_assets makes changes, so a cache built by an older version is never reused.
+TINY_ASSETS_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -52,21 +52,10 @@ def cache_dir() -> Path:
 
 def _corpus(seed: int, num_bytes: int) -> str:
     """Text to train the tokenizer on: the toy world's language, plus the chat template's own words."""
-    try:
-        from safe_rlhf.toyworld import corpus_text
+    from safe_rlhf.toyworld import corpus_text
 
-        text = corpus_text(seed=seed, num_bytes=num_bytes)
-    except ImportError:  # the toy world is optional for a tokenizer; fall back to English-like syllable words
-        rng = random.Random(seed)
-        words = ["".join(rng.choice(_FALLBACK_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(300)]
-        lines, size = [], 0
-        while size < num_bytes:
-            line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
-            lines.append(line)
-            size += len(line) + 1
-        text = "\n".join(lines)
     template_words = "SYSTEM: USER: ASSISTANT: " * 200
-    return template_words + "\n" + text
+    return template_words + "\n" + corpus_text(seed=seed, num_bytes=num_bytes)
 
 
 def build_tokenizer(
@@ -163,7 +152,7 @@ def resolve_model_path(name_or_path: str) -> str:
     """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); pass others through."""
     if name_or_path != TINY_MODEL_ALIAS:
         return name_or_path
-    target = cache_dir() / "tiny-llama"
+    target = cache_dir() / f"tiny-llama-v{TINY_ASSETS_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "model.safetensors").exists():
