@@ -79,3 +79,35 @@ def test_two_rank_zero3_cost_model(tmp_path, safe_rlhf_cache):
     from safe_rlhf.score_model import load_score_model
 
     assert load_score_model(str(run_dir / "model")).config.safe_rlhf["score_type"] == "cost"
+
+
+@pytest.mark.integration
+def test_multi_attribute_regression_reward_model_runs_and_records_attributes(tmp_path, safe_rlhf_cache):
+    run_dir = tmp_path / "helpsteer"
+    names = "[helpfulness,correctness,coherence,complexity,verbosity]"
+    result = train_cli(
+        [
+            f"output_dir={run_dir}",
+            "logger=none",
+            "data.train=helpsteer:tests/fixtures/data/helpsteer.jsonl",
+            "data.eval=null",
+            "data.eval_fraction=0.0",
+            "score.objective=regression",
+            "score.score_dim=5",
+            f"score.attribute_names={names}",
+            "score.attribute_weights=[0.65,0.8,0.45,0.55,-0.4]",
+            "train.batch_size=2",
+            "train.micro_batch_size=1",
+            "train.epochs=3",
+            "train.log_steps=1",
+            "train.eval_steps=0",
+        ],  # fmt: skip
+        config_name="reward_model",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [m for m in read_metrics(run_dir) if "train/loss" in m]
+    assert len(rows) == 3 and all(f"train/mse_{n}" in rows[0] for n in ("helpfulness", "verbosity"))
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert len(config["id2label"]) == 5  # five outputs in the saved head
+    assert config["safe_rlhf"]["attribute_names"][0] == "helpfulness"
+    assert config["safe_rlhf"]["attribute_weights"][-1] == -0.4
