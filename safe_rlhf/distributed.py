@@ -107,6 +107,18 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(tensor.device)
 
 
+# Set by the entry point for ``--multirun``: several jobs run one after another in one process, and DeepSpeed caches
+# the process group, so the group must outlive each job; it is destroyed once, at exit.
+keep_process_group_between_jobs = False
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shutdown(*engines: Any) -> None:
     """Destroy engines, collect garbage, then the process group.
 
@@ -118,6 +130,9 @@ def shutdown(*engines: Any) -> None:
         if callable(destroy):
             destroy()
     gc.collect()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if keep_process_group_between_jobs:
+        import atexit
+
+        atexit.register(_destroy_process_group)  # idempotent: it checks is_initialized
+        return
+    _destroy_process_group()

@@ -211,6 +211,11 @@ def main() -> None:
             if _is_rank_zero():
                 print(f"config error: {format_config_error(error)}", file=sys.stderr)
             raise SystemExit(2) from None
+        from hydra.types import RunMode
+
+        from safe_rlhf import distributed
+
+        distributed.keep_process_group_between_jobs = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             run_recipe(config, HydraConfig.get().runtime.output_dir)
         except user_errors() as error:

@@ -101,7 +101,7 @@ def test_multi_attribute_regression_reward_model_runs_and_records_attributes(tmp
             "train.epochs=3",
             "train.log_steps=1",
             "train.eval_steps=0",
-        ],  # fmt: skip
+        ],
         config_name="reward_model",
     )
     assert result.returncode == 0, result.stderr[-3000:]

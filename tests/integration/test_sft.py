@@ -149,3 +149,28 @@ def test_two_rank_zero3_sft_exports_the_engine_weights(tmp_path, safe_rlhf_cache
     rebuilt = _zero3_reference_logits(run_dir / "checkpoints" / "step-8", run_dir / "model")
     vocab = exported.config.vocab_size
     torch.testing.assert_close(probe_logits(exported, vocab), probe_logits(rebuilt, vocab), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_multirun_sweep_runs_each_job_in_its_own_directory_with_all_loggers(tmp_path, safe_rlhf_cache):
+    sweep_dir = tmp_path / "sweep"
+    result = train_cli(
+        [
+            "--multirun",
+            f"output_dir={sweep_dir}",
+            "optim.lr=1e-3,3e-3",
+            "train.max_steps=2",
+            "logger=all",
+            "train.eval_steps=0",
+            "train.export=false",
+            "train.batch_size=16",
+            "train.micro_batch_size=8",
+            "train.log_steps=1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, lr in (("0", "0.001"), ("1", "0.003")):
+        assert f"lr: {lr}" in (sweep_dir / job / "config.yaml").read_text()
+        assert len(loss_by_step(sweep_dir / job)) == 2
+        assert list((sweep_dir / job / "tensorboard").iterdir())  # tensorboard event file
+        assert list((sweep_dir / job / "wandb").glob("offline-run-*"))  # wandb offline without an API key
