@@ -285,11 +285,212 @@ class ScoreEvalConfig:
         _positive("batch_size", self.batch_size)
 
 
+@dataclass
+class PromptDataConfig:
+    """Prompts for rollouts and evaluation, and optional SFT data for the ptx term."""
+
+    # Prompt dataset spec for rollouts (any reader that yields prompts, e.g. prompts, toyworld:prompts).
+    train: str = "toyworld:prompts"
+    # Held-out prompts answered at eval steps and at the end; null = no evaluation.
+    eval: str | None = "toyworld:eval_prompts"
+    # SFT data for the ptx term (ppo.ptx_coeff > 0); null = none.
+    ptx: str | None = None
+    # Longest prompt in tokens; longer prompts are errors (or counted skips with on_error=skip).
+    max_prompt_length: int = 48
+    # "raise" stops at the first malformed record; "skip" counts it.
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
+        _positive("data.max_prompt_length", self.max_prompt_length)
+
+
+@dataclass
+class GenerationConfig:
+    """How rollouts are sampled. Temperature is applied in every log-prob pass, not only in sampling."""
+
+    # Most response tokens per rollout.
+    max_new_tokens: int = 16
+    # Sampling temperature (reference 1.0).
+    temperature: float = 1.0
+    # Nucleus sampling (1.0 = off).
+    top_p: float = 1.0
+    # Top-k sampling (0 = off).
+    top_k: int = 0
+    # Score given to a response that never produced EOS (it replaces the reward model's score); null = no penalty.
+    no_eos_penalty: float | None = -10.0
+    # ZeRO-3: gather the actor's weights once per rollout batch instead of layer by layer for every token
+    # (much faster generation, costs one full copy of the actor per rank while generating).
+    gather_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("generation.max_new_tokens", self.max_new_tokens)
+        _positive("generation.temperature", self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"generation.top_p={self.top_p} must be in (0, 1]")
+        _positive("generation.top_k", self.top_k, allow_zero=True)
+
+
+@dataclass
+class PPOSettings:
+    """PPO hyper-parameters (reference values in the comments of conf/ppo*.yaml)."""
+
+    # Per-token KL penalty beta in both streams (reference 0.01; the toy world needs more: 0.2).
+    kl_coeff: float = 0.2
+    # PPO ratio clip epsilon.
+    clip_ratio: float = 0.2
+    # Critic value clip around the rollout's values.
+    value_clip: float = 5.0
+    # Clip of each per-token reward / cost (reference 50).
+    reward_clip: float = 50.0
+    # GAE discount.
+    gamma: float = 1.0
+    # GAE lambda.
+    gae_lambda: float = 0.95
+    # Passes over each rollout batch.
+    ppo_epochs: int = 2
+    # Whiten advantages with masked statistics of the rollout batch.
+    whiten_advantages: bool = True
+    # Weight of the SFT cross-entropy on data.ptx batches in the actor loss (0 = off; reference 16 with ptx data).
+    ptx_coeff: float = 0.0
+    # Length penalty on the reward (Singhal et al.): r + 2 sigma (1 - coeff * length); 0 = off.
+    length_penalty_coeff: float = 0.0
+    # Reward scaling clip((r - mean) / std, -c, c) with the rollout batch's statistics; 0 = off.
+    reward_scaling_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("clip_ratio", "value_clip", "reward_clip", "ppo_epochs"):
+            _positive(f"ppo.{key}", getattr(self, key))
+        for key in ("kl_coeff", "ptx_coeff", "length_penalty_coeff", "reward_scaling_clip"):
+            _positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError("ppo.gamma and ppo.gae_lambda must be in [0, 1]")
+
+
+@dataclass
+class LagrangeConfig:
+    """The constraints E[cost_k] <= threshold_k and their multipliers (ppo_lag); the fixed lambda (reward shaping)."""
+
+    # One threshold d_k per constraint; K = len(thresholds) constraints.
+    thresholds: list[float] = field(default_factory=lambda: [0.0])
+    # Per constraint: "mean" (the cost score) or "rate" (1 if the cost score > 0, i.e. the share of unsafe responses).
+    constraint_types: list[str] = field(default_factory=lambda: ["mean"])
+    # Per constraint: which output of the cost model it reads (a K-output cost model: 0..K-1).
+    cost_indices: list[int] = field(default_factory=lambda: [0])
+    # Initial lambda (reward shaping: the fixed lambda).
+    init: float = 1.0
+    # Multiplier learning rate: log_lambda += lr * lambda * (J_C - d).
+    lr: float = 0.1
+    # Upper bound on lambda.
+    max_value: float = 5.0
+    # RL steps before the multiplier starts to move.
+    delay_steps: int = 0
+    # Episodes in the cost window J_C (averaged across ranks).
+    window_size: int = 128
+    # "log" (the reference update) or "pid" (PID Lagrangian: less overshoot and oscillation).
+    mode: str = "log"
+    # PID proportional gain (mode=pid).
+    kp: float = 0.0
+    # PID derivative gain (mode=pid).
+    kd: float = 0.0
+
+    def __post_init__(self) -> None:
+        count = len(self.thresholds)
+        if count == 0 or len(self.constraint_types) != count or len(self.cost_indices) != count:
+            raise ConfigError(
+                "lagrange.thresholds, lagrange.constraint_types and lagrange.cost_indices need one entry per "
+                f"constraint; got {len(self.thresholds)}, {len(self.constraint_types)}, {len(self.cost_indices)}"
+            )
+        for kind in self.constraint_types:
+            _choice("lagrange.constraint_types[]", kind, ("mean", "rate"))
+        _choice("lagrange.mode", self.mode, ("log", "pid"))
+        _positive("lagrange.init", self.init, allow_zero=self.mode == "pid")
+        _positive("lagrange.lr", self.lr, allow_zero=True)
+        _positive("lagrange.window_size", self.window_size)
+        if self.init > self.max_value:
+            raise ConfigError(f"lagrange.init={self.init} exceeds lagrange.max_value={self.max_value}")
+
+
+@dataclass
+class RLTrainConfig:
+    """The RL loop: how many prompts per iteration and how they are cut for the updates."""
+
+    # Passes over the prompt dataset.
+    epochs: int = 1
+    # Stop after this many RL iterations (-1 = run all epochs).
+    max_steps: int = -1
+    # Prompts per RL iteration over all ranks (each gets one sampled response).
+    rollout_batch_size: int = 64
+    # Rollouts per PPO optimizer step over all ranks; must divide rollout_batch_size.
+    mini_batch_size: int = 32
+    # Sequences per forward pass on one rank (generation, scoring and updates).
+    micro_batch_size: int = 16
+    # Evaluate on data.eval every N iterations (0 = only at the end).
+    eval_steps: int = 0
+    # Resumable checkpoint every N iterations (0 = never during training).
+    save_steps: int = 0
+    # Keep only the newest N resumable checkpoints.
+    save_total_limit: int = 2
+    # Log every N iterations.
+    log_steps: int = 1
+    # "none", "auto" (newest checkpoint in output_dir/checkpoints) or a checkpoint directory.
+    resume: str = "none"
+    # Export the actor as a Hugging Face model to output_dir/model at the end.
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "log_steps"):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"train.max_steps={self.max_steps} must be -1 (all epochs) or > 0")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ConfigError(
+                f"train.mini_batch_size={self.mini_batch_size} must divide "
+                f"train.rollout_batch_size={self.rollout_batch_size}"
+            )
+
+
+@dataclass
+class PPOConfig:
+    """PPO (reward only), PPO-Lagrangian (Safe RLHF) and PPO with reward shaping (R - lambda C, lambda fixed)."""
+
+    # "ppo", "ppo_lag" or "ppo_reward_shaping" (set by each recipe's YAML).
+    recipe: str = "ppo_lag"
+    # The run directory.
+    output_dir: str = "runs/ppo_lag"
+    # Seed for prompt order (the same on every rank); sampling uses seed + rank.
+    seed: int = 42
+    # The policy to improve (an SFT model); also the frozen reference policy.
+    actor: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/model"))
+    # The reward model directory (a safe-rlhf score model); the reward critic starts from it.
+    reward_model: str = "runs/reward_model/model"
+    # The cost model directory; the cost critic starts from it (not used by plain ppo).
+    cost_model: str = "runs/cost_model/model"
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    # Actor optimizer.
+    actor_optim: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(lr=1e-4, scheduler="constant", warmup_ratio=0.0)
+    )
+    # Critic optimizer (both critics).
+    critic_optim: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(lr=5e-4, scheduler="constant", warmup_ratio=0.0)
+    )
+    train: RLTrainConfig = field(default_factory=RLTrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
 RECIPE_SCHEMAS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": ScoreModelConfig,
     "cost_model": ScoreModelConfig,
     "score_model": ScoreEvalConfig,
+    "ppo": PPOConfig,
+    "ppo_lag": PPOConfig,
+    "ppo_reward_shaping": PPOConfig,
 }
 
 
@@ -303,7 +504,15 @@ def register_configs() -> None:
 def validate(config: Any, world_size: int) -> None:
     """Checks that need the launch (world size). ``config`` is a schema object (after ``OmegaConf.to_object``)."""
     train = getattr(config, "train", None)
-    if train is not None and hasattr(train, "micro_batch_size"):
+    if isinstance(train, RLTrainConfig):
+        for key in ("rollout_batch_size", "mini_batch_size"):
+            per_pass = train.micro_batch_size * world_size
+            if getattr(train, key) % per_pass:
+                raise ConfigError(
+                    f"train.{key}={getattr(train, key)} is not divisible by train.micro_batch_size x world size "
+                    f"= {train.micro_batch_size} x {world_size} = {per_pass}; set it to a multiple of {per_pass}"
+                )
+    elif train is not None and hasattr(train, "micro_batch_size"):
         per_step = train.micro_batch_size * world_size
         if train.batch_size % per_step != 0:
             raise ConfigError(

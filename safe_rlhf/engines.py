@@ -203,6 +203,7 @@ def save_checkpoint(
     engines: dict[str, Any],
     trainer_state: dict[str, Any],
     keep_last: int,
+    rank_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint_root/step-N`` for every engine plus the trainer state, atomically.
 
@@ -226,6 +227,9 @@ def save_checkpoint(
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     torch.save(rng_state, staging / f"rng_state_rank{distributed.rank()}.pt")
+    if rank_state is not None:
+        # What each rank believes (e.g. its multipliers): lets a resume, or a test, check that ranks agree.
+        (staging / f"rank_state_rank{distributed.rank()}.json").write_text(json.dumps(rank_state))
     distributed.barrier()
     if distributed.is_main_process():
         with open(staging / "trainer_state.json", "w") as handle:

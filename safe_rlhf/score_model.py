@@ -102,8 +102,16 @@ def token_scores(
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
 ) -> torch.Tensor:  # (B, L, K): the head applied at every position (critics use all of them)
-    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, d)
+    # Positions count real tokens only, so a left-padded sequence gets the same positions as a right-padded one.
+    hidden = backbone(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).last_hidden_state  # (B, L, d)
     return score_head(model)(hidden).float()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
+    """0, 1, 2, ... over real tokens (padding gets 0): what generation uses for left-padded prompts."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)
@@ -141,7 +149,10 @@ def load_score_model(
     trust_remote_code: bool = False,
     new_head: bool = False,
 ) -> Any:
-    """A score model from a score-model directory, or (``new_head=True``) a fresh head on a causal-LM checkpoint."""
+    """A score model from a score-model directory, or (``new_head=True``) a fresh head on a causal-LM checkpoint.
+
+    With ``new_head=True`` and a ``score_dim`` different from the checkpoint's head, the head is re-created (a cost
+    critic with K outputs started from a one-output cost model keeps its backbone, not its head)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from safe_rlhf.assets import resolve_model_path
@@ -151,7 +162,7 @@ def load_score_model(
     if score_dim is not None:
         config.num_labels = score_dim
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolved, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        resolved, config=config, dtype=dtype, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=new_head
     )
     if new_head:
         init_score_head(score_head(model))

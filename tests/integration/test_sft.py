@@ -38,34 +38,34 @@ def test_sft_lowers_heldout_loss_and_exports_a_loadable_model(tmp_path, safe_rlh
     assert torch.isfinite(probe_logits(model, len(tokenizer))).all()
 
 
-def _wait_for_step(run_dir, step: int, process: subprocess.Popen, log_path, timeout: float = 300.0) -> None:
+def _wait_for_step(run_dir, step: int, process: subprocess.Popen, log_path, key: str, timeout: float = 300.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"run ended before step {step}: {log_path.read_text()[-3000:]}")
-        if (run_dir / "metrics.jsonl").exists() and any(s >= step for s in loss_by_step(run_dir)):
+        if (run_dir / "metrics.jsonl").exists() and any(s >= step for s in loss_by_step(run_dir, key)):
             return
         time.sleep(0.05)
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
-def _interrupted_then_resumed(run_dir, overrides, launcher_prefix=()):
+def _interrupted_then_resumed(run_dir, overrides, launcher_prefix=(), config_name="sft", key="train/loss"):
     """Start a run, SIGTERM it after step 2, check it saved and asked for requeue, then resume it to the end."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    command = [*launcher_prefix, "--config-name", "sft", f"output_dir={run_dir}", *overrides]
+    command = [*launcher_prefix, "--config-name", config_name, f"output_dir={run_dir}", *overrides]
     log_path = run_dir.parent / f"{run_dir.name}-first-attempt.log"
     with open(log_path, "w") as log:
         # Output to a file, not a pipe: a full pipe would block the run.
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        _wait_for_step(run_dir, 2, process, log_path)
+        _wait_for_step(run_dir, 2, process, log_path, key)
         # Like SLURM: the signal reaches every process of the job (launcher and ranks).
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=300)
     assert process.returncode == 75, log_path.read_text()[-3000:]
     assert (run_dir / "checkpoints" / "latest").exists()
-    stopped_at = max(loss_by_step(run_dir))
+    stopped_at = max(loss_by_step(run_dir, key))
     resumed = subprocess.run(
         [*command, "train.resume=auto"],
         cwd=REPO_ROOT,

@@ -13,6 +13,11 @@ Formats:
   file directly avoids a copy into the ``datasets`` cache).
 * ``.arrow`` files and ``save_to_disk`` directories: through ``datasets`` (memory-mapped).
 * Hub ids (``owner/name``): ``datasets.load_dataset``; needs a network or a populated cache, never used by tests.
+
+A file that cannot be read at all (a corrupt or truncated ``.gz``, a file that is not parquet, an I/O error) is a
+whole-file DataError naming the last row read, raised even with ``on_error="skip"``. A JSON value that Python cannot
+hold (nested too deeply, an integer of thousands of digits) is invalid JSON, and a string with a lone UTF-16
+surrogate escape (``"\\ud800"``, not Unicode: tokenizers and printing would fail on it later) is invalid UTF-8.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import lzma
 import os
 import re
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,9 @@ _SPLIT_ALIASES = {
     "evaluation": frozenset({"eval", "evaluation"}),
 }
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a \udXXX escape: a pair (emoji) or a lone surrogate
+# What reading (not parsing) a file can raise: I/O errors, corrupt or truncated compressed streams.
+_READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -192,8 +201,24 @@ def _open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _record_from_value(display: str, row: int, value: Any) -> RawRecord:
+def _lone_surrogate(value: dict[str, Any]) -> RecordError | None:
+    """An ``invalid_utf8`` error when a string in ``value`` has a lone UTF-16 surrogate (a ``\\udXXX`` escape)."""
+    for key, item in value.items():
+        try:
+            json.dumps([key, item], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            field = key if key.isascii() else None
+            return RecordError(
+                INVALID_UTF8, field, "contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), not Unicode"
+            )
+    return None
+
+
+def _record_from_value(display: str, row: int, value: Any, check_surrogates: bool = False) -> RawRecord:
     if isinstance(value, dict):
+        error = _lone_surrogate(value) if check_surrogates else None
+        if error is not None:
+            return RawRecord(display, row, error=error)
         return RawRecord(display, row, data=value)
     kind = "null" if value is None else type(value).__name__
     return RawRecord(display, row, error=RecordError(INVALID_JSON, None, f"expected a JSON object, got {kind}"))
@@ -215,11 +240,18 @@ def iter_json_lines(path: Path, display: str) -> Iterator[RawRecord]:
                 continue
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as error:
-                detail = f"invalid JSON: {error.msg} (column {error.colno})"
-                yield RawRecord(display, row, error=RecordError(INVALID_JSON, None, detail))
+            except (ValueError, RecursionError) as error:
+                yield RawRecord(display, row, error=RecordError(INVALID_JSON, None, _json_error_detail(error)))
                 continue
-            yield _record_from_value(display, row, value)
+            yield _record_from_value(display, row, value, bool(_SURROGATE_ESCAPE.search(text)))
+
+
+def _json_error_detail(error: ValueError | RecursionError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON: {error.msg} (column {error.colno})"
+    if isinstance(error, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {str(error).split(';')[0]}"  # e.g. an integer of more than 4300 digits
 
 
 def iter_json_document(path: Path, display: str) -> Iterator[RawRecord]:
@@ -245,19 +277,34 @@ def iter_json_document(path: Path, display: str) -> Iterator[RawRecord]:
             path=display,
             row=error.lineno,
         ) from None
+    except (ValueError, RecursionError) as error:
+        detail = _json_error_detail(error).removeprefix("invalid JSON: ")
+        raise DataError(
+            f"invalid JSON ({detail}): the whole JSON list is unreadable", reason=INVALID_JSON, path=display
+        ) from None
+    check_surrogates = bool(_SURROGATE_ESCAPE.search(text))
     for row, value in enumerate(values, start=1):
-        yield _record_from_value(display, row, value)
+        yield _record_from_value(display, row, value, check_surrogates)
 
 
 def iter_parquet(path: Path, display: str) -> Iterator[RawRecord]:
     """Rows of a parquet file, read in batches."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for value in batch.to_pylist():
-            row += 1
-            yield _record_from_value(display, row, value)
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for value in batch.to_pylist():
+                row += 1
+                yield _record_from_value(display, row, value)
+    except pa.ArrowException as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"unreadable parquet file{f' after row {row}' if row else ''} ({type(error).__name__}: {first_line})",
+            reason="unreadable",
+            path=display,
+        ) from None
 
 
 def _iter_dataset(dataset: Any, display: str) -> Iterator[RawRecord]:
@@ -293,7 +340,15 @@ def iter_saved_dataset(path: Path, display: str, split: str) -> Iterator[RawReco
     """Rows of a ``save_to_disk`` directory (a DatasetDict is indexed by ``split``)."""
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # a half-written or foreign directory: datasets raises many kinds of errors
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"unreadable save_to_disk directory ({type(error).__name__}: {first_line})",
+            reason="unreadable",
+            path=display,
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(f"no split {split!r} (has: {', '.join(loaded)})", reason="not_found", path=display)
@@ -302,22 +357,38 @@ def iter_saved_dataset(path: Path, display: str, split: str) -> Iterator[RawReco
 
 
 def iter_file(path: Path, split: str, display: str | None = None) -> Iterator[RawRecord]:
-    """Records of one local data file (or ``save_to_disk`` directory), whatever its format."""
+    """Records of one local data file (or ``save_to_disk`` directory), whatever its format.
+
+    A file that cannot be read (I/O error, corrupt or truncated compressed stream) is a whole-file DataError naming
+    the last row read, raised even with ``on_error="skip"``: how many records were lost cannot be known.
+    """
     shown = display if display is not None else str(path)
     if is_saved_dataset(path):
         yield from iter_saved_dataset(path, shown, split)
         return
     fmt = data_format(path)
     if fmt == "jsonl":
-        yield from iter_json_lines(path, shown)
+        records = iter_json_lines(path, shown)
     elif fmt == "json":
-        yield from iter_json_document(path, shown)
+        records = iter_json_document(path, shown)
     elif fmt == "parquet":
-        yield from iter_parquet(path, shown)
+        records = iter_parquet(path, shown)
     elif fmt == "arrow":
-        yield from iter_arrow(path, shown)
+        records = iter_arrow(path, shown)
     else:
         raise DataError("unsupported file type", reason="unsupported_format", path=shown)
+    row = 0
+    try:
+        for record in records:
+            row = record.row
+            yield record
+    except _READ_ERRORS as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"unreadable file{f' after row {row}' if row else ''} ({type(error).__name__}: {first_line})",
+            reason="unreadable",
+            path=shown,
+        ) from None
 
 
 def iter_hub(hub_id: str, split: str, config: str | None, config_as_data_dir: bool) -> Iterator[RawRecord]:

@@ -1,0 +1,43 @@
+"""Evaluation and reporting tools (pure python + matplotlib; no torch, DeepSpeed or transformers).
+
+- ``arena``: per-policy summaries and head-to-head comparisons of policies answering the same prompts.
+- ``length_bias``: reward-length correlation, reward gain split into length shift and within-length gain,
+  length statistics of preference data.
+- ``plots``: PNG plots (training curves, reward-vs-cost scatter, harm by severity, length histogram).
+- ``report``: a Markdown ``report.md`` with tables and relatively linked images.
+
+``plots`` imports matplotlib and is not imported here; import it as ``safe_rlhf.analysis.plots``.
+"""
+
+from safe_rlhf.analysis.arena import (
+    PolicyResponse,
+    arena_summary,
+    head_to_head,
+    policy_summary,
+    read_records,
+    write_csv,
+    write_records,
+)
+from safe_rlhf.analysis.length_bias import (
+    preference_length_stats,
+    reward_gain_decomposition,
+    score_length_correlation,
+)
+from safe_rlhf.analysis.report import ReportSection, markdown_table, summary_table, write_report
+
+__all__ = [
+    "PolicyResponse",
+    "ReportSection",
+    "arena_summary",
+    "head_to_head",
+    "markdown_table",
+    "policy_summary",
+    "preference_length_stats",
+    "read_records",
+    "reward_gain_decomposition",
+    "score_length_correlation",
+    "summary_table",
+    "write_csv",
+    "write_records",
+    "write_report",
+]
