@@ -12,6 +12,7 @@ Inspect the composed config of a recipe without running it::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ def _choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{key}={value} must be {bound}")
@@ -311,6 +314,8 @@ class GenerationConfig:
 
     # Most response tokens per rollout.
     max_new_tokens: int = 16
+    # EOS cannot end a response before this many tokens (benchmarks set it to max_new_tokens for fixed lengths).
+    min_new_tokens: int = 0
     # Sampling temperature (reference 1.0).
     temperature: float = 1.0
     # Nucleus sampling (1.0 = off).
@@ -529,6 +534,8 @@ def _validate_dataset_specs(data: Any) -> None:
     """Unknown dataset names fail here, at start-up, not when the first batch is read."""
     from safe_rlhf.data import get_reader, parse_spec
 
+    if hasattr(data, "train") and not (data.train or "").strip():
+        raise ConfigError("data.train is empty; give a dataset spec such as toyworld:sft (see docs/data.md)")
     for key in ("train", "eval", "prompts", "ptx"):
         spec = getattr(data, key, None)
         if spec:

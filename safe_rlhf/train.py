@@ -77,11 +77,16 @@ def format_config_error(error: BaseException) -> str:
 
     from safe_rlhf.config import ConfigError
 
+    override = _failed_override(error)
     cause: BaseException = error
     while cause.__cause__ is not None and not isinstance(cause, ConfigError | OmegaConfBaseException):
         cause = cause.__cause__
     if isinstance(cause, ConfigError):
         return str(cause)
+    if override and override not in str(cause) and not isinstance(cause, OmegaConfBaseException):
+        # Hydra wraps a failed override; the innermost message alone would not say which override it was.
+        first_line = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        return f"{override}: {first_line}"
     if isinstance(cause, OmegaConfBaseException):
         full_key = getattr(cause, "full_key", None)
         message = getattr(cause, "msg", None) or str(cause).splitlines()[0]
@@ -100,15 +105,38 @@ def format_config_error(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _failed_override(error: BaseException) -> str | None:
+    """The override hydra was applying when it failed, if it says so."""
+    import re
+
+    override = getattr(error, "override", None)
+    if isinstance(override, str):
+        return override
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    match = re.search(r"(?:Error merging override|Could not override '?)\s*([^'\s]+)", first_line)
+    return match.group(1) if match else None
+
+
 def load_config(config_name: str, overrides: list[str]) -> Any:
     """Compose a recipe's config, check it, and return the schema object. Raises on any invalid value."""
     from hydra import compose, initialize_config_dir
 
-    from safe_rlhf.config import register_configs
+    from safe_rlhf.config import ConfigError, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        composed = compose(config_name=config_name, overrides=overrides)
+        try:
+            composed = compose(config_name=config_name, overrides=overrides)
+        except Exception as error:
+            message = format_config_error(error)
+            if not any(o.split("=", 1)[0].lstrip("+~") in message for o in overrides):
+                # The message does not say which override broke: find it by composing them one at a time.
+                for override in overrides:
+                    try:
+                        compose(config_name=config_name, overrides=[override])
+                    except Exception:
+                        raise ConfigError(f"{override}: {message}") from error
+            raise
     return to_schema_object(composed)
 
 

@@ -244,6 +244,7 @@ class PPORecipe:
             batch["input_ids"],
             batch["attention_mask"],
             max_new_tokens=generation.max_new_tokens,
+            min_new_tokens=generation.min_new_tokens,
             temperature=generation.temperature,
             top_p=generation.top_p,
             top_k=generation.top_k,
@@ -465,27 +466,32 @@ class PPORecipe:
                 metrics[f"train/threshold_{k}"] = multiplier.threshold
         return metrics
 
+    def iteration(self) -> tuple[list[Rollout], list[float], dict[str, float], dict[str, float]]:
+        """One RL iteration on this step's prompts: rollouts, multipliers, PPO update. Returns what it measured."""
+        for engine in self.engines.values():
+            engine.eval()
+        rollouts: list[Rollout] = []
+        timings: dict[str, float] = defaultdict(float)
+        for chunk_index, ids in enumerate(self.schedule.rank_indices(self.step)):
+            seed = self.sampling_seed + 7_000_003 * self.step + 1009 * chunk_index
+            rollout, chunk_timings = self.make_rollout([self.prompt_items[i] for i in ids], seed)
+            rollouts.append(rollout)
+            for key, value in chunk_timings.items():
+                timings[key] += value
+        lambdas = self.update_multipliers(rollouts)
+        learn_start = time.perf_counter()
+        for name in self.trainable_engines():
+            self.engines[name].train()
+        update_stats = self.update(rollouts, lambdas)
+        timings["learning"] = time.perf_counter() - learn_start
+        return rollouts, lambdas, update_stats, timings
+
     def train(self) -> None:
         config = self.config.train
         watcher = PreemptionWatcher().install()
         while self.step < self.total_steps:
             iteration_start = time.perf_counter()
-            for engine in self.engines.values():
-                engine.eval()
-            rollouts: list[Rollout] = []
-            timings: dict[str, float] = defaultdict(float)
-            for chunk_index, ids in enumerate(self.schedule.rank_indices(self.step)):
-                seed = self.sampling_seed + 7_000_003 * self.step + 1009 * chunk_index
-                rollout, chunk_timings = self.make_rollout([self.prompt_items[i] for i in ids], seed)
-                rollouts.append(rollout)
-                for key, value in chunk_timings.items():
-                    timings[key] += value
-            lambdas = self.update_multipliers(rollouts)
-            learn_start = time.perf_counter()
-            for name in self.trainable_engines():
-                self.engines[name].train()
-            update_stats = self.update(rollouts, lambdas)
-            timings["learning"] = time.perf_counter() - learn_start
+            rollouts, lambdas, update_stats, timings = self.iteration()
             self.step += 1
             self.logger.advance()
             if self.step % config.log_steps == 0 or self.step == self.total_steps:

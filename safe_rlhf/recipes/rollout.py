@@ -102,6 +102,7 @@ def sample_responses(
     prompt_mask: torch.Tensor,  # (B, P)
     *,
     max_new_tokens: int,
+    min_new_tokens: int = 0,
     temperature: float,
     top_p: float,
     top_k: int,
@@ -119,6 +120,7 @@ def sample_responses(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens or None,
             do_sample=True,
             temperature=temperature,
             top_p=top_p,

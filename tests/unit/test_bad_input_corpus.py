@@ -331,8 +331,6 @@ def test_truncated_bz2_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ configs
-DEFECT_NAN = "defect in safe_rlhf/config.py: _positive() lets nan / inf through (nan < 0 and nan == 0 are False)"
-DEFECT_EMPTY_SPEC = "defect in safe_rlhf/config.py: _validate_dataset_specs() skips an empty data.train"
 DEFECT_KEYLESS = "defect in safe_rlhf/train.py: format_config_error() drops the override / key from this message"
 
 # (recipe, overrides, text the one line must contain: the key)
@@ -345,9 +343,7 @@ BAD_OVERRIDES: list[Any] = [
     ("sft", ["+data.deep.new=1"], "'data.deep'"),
     ("cost_model", ["+score.extra=1"], "'score.extra'"),
     ("score_model", ["train.batch_size=1"], "'train'"),
-    pytest.param(
-        "sft", ["optim.betas.x=1"], "optim.betas", marks=pytest.mark.xfail(strict=True, reason=DEFECT_KEYLESS)
-    ),
+    ("sft", ["optim.betas.x=1"], "optim.betas"),
     # wrong types
     ("sft", ["train.epochs=two"], "train.epochs"),
     ("sft", ["train.batch_size=1.5"], "train.batch_size"),
@@ -378,8 +374,8 @@ BAD_OVERRIDES: list[Any] = [
     # learning rate
     ("sft", ["optim.lr=-1e-3"], "optim.lr"),
     ("sft", ["optim.lr=0"], "optim.lr"),
-    pytest.param("sft", ["optim.lr=nan"], "optim.lr", marks=pytest.mark.xfail(strict=True, reason=DEFECT_NAN)),
-    pytest.param("sft", ["optim.lr=inf"], "optim.lr", marks=pytest.mark.xfail(strict=True, reason=DEFECT_NAN)),
+    ("sft", ["optim.lr=nan"], "optim.lr"),
+    ("sft", ["optim.lr=inf"], "optim.lr"),
     # unknown group options and recipes
     ("sft", ["logger=nosuch"], "logger/nosuch"),
     ("sft", ["model=nosuch"], "model/nosuch"),
@@ -389,9 +385,7 @@ BAD_OVERRIDES: list[Any] = [
     ("sft", ["recipe=nosuch"], "recipe='nosuch'"),
     # malformed override syntax
     ("sft", ["train.batch_size==3"], "train.batch_size"),
-    pytest.param(
-        "sft", ["train.batch_size=[1,"], "train.batch_size", marks=pytest.mark.xfail(strict=True, reason=DEFECT_KEYLESS)
-    ),
+    ("sft", ["train.batch_size=[1,"], "train.batch_size"),
     ("sft", ["train.batch_size"], "train.batch_size"),
     ("sft", ["train..batch_size=3"], "train..batch_size"),
     ("sft", ["train.batch_size='3"], "train.batch_size"),
@@ -403,7 +397,7 @@ BAD_OVERRIDES: list[Any] = [
     ("sft", ["data.train=sft"], "data.train"),
     ("sft", ["data.train=toyworld:sft+"], "data.train"),
     ("sft", ["data.train=toyworld:sft*0"], "data.train"),
-    pytest.param("sft", ["data.train="], "data.train", marks=pytest.mark.xfail(strict=True, reason=DEFECT_EMPTY_SPEC)),
+    ("sft", ["data.train="], "data.train"),
 ]
 
 
@@ -446,9 +440,7 @@ BAD_YAML: list[Any] = [
         "latin1.yaml",
         marks=pytest.mark.xfail(strict=True, reason=DEFECT_KEYLESS + " (the file of a UnicodeDecodeError)"),
     ),
-    pytest.param(
-        "nan_lr", _HEAD + "optim:\n  lr: .nan\n", "optim.lr", marks=pytest.mark.xfail(strict=True, reason=DEFECT_NAN)
-    ),
+    ("nan_lr", _HEAD + "optim:\n  lr: .nan\n", "optim.lr"),
 ]
 
 
