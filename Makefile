@@ -57,6 +57,9 @@ format: install  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix safe_rlhf tests
 	$(VENV)/bin/ruff format safe_rlhf tests
 
+bench: install  ## PPO-Lagrangian iterations on the tiny-ppo workload: 1 process ZeRO-0, 2 processes ZeRO-3 (gathered / layerwise)
+	$(PY) -m safe_rlhf.bench --json runs/bench.json
+
 assets: install  ## build the tiny tokenizer + model into runs/assets/tiny-llama (the default configs build their own cache)
 	$(PY) -m safe_rlhf.assets --output runs/assets/tiny-llama
 

@@ -1,0 +1,254 @@
+"""Benchmarks (measured, never asserted): PPO-Lagrangian iterations on the fixed "tiny-ppo" workload.
+
+    make bench                                   # all three set-ups below, one table
+    python -m safe_rlhf.bench                    # the same
+    python -m safe_rlhf.bench --setups zero0     # one set-up; others: zero3-gather, zero3-layerwise
+
+The workload (see the project's bench-workload reference): byte-level BPE tokenizer with 512 entries trained locally;
+Llama hidden 64, intermediate 172, 2 layers, 4 heads, 4 KV heads, max positions 128, fp32, random init, for the
+policy, the reference, the reward and cost models and both critics; 16 prompts of exactly 16 tokens per iteration;
+exactly 32 new tokens per response (EOS cannot stop generation), temperature 0.7, top_k 0, top_p 1.0; one PPO epoch,
+one mini-batch of 16, AdamW. 1 warm-up iteration, then 8 timed iterations, repeated 3 times; the median is reported.
+Also the parts that bound an iteration: plain ``generate`` for the batch, and one policy forward+backward on (16, 48).
+
+Set-ups: ``zero0`` (1 process, ZeRO-0), ``zero3-gather`` (2 processes, ZeRO-3, weights gathered once per generate),
+``zero3-layerwise`` (2 processes, ZeRO-3, parameters gathered layer by layer for every token). The machine is shared:
+compare ratios measured in one run, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 16, 16, 32
+WARMUP, TIMED, REPEATS = 1, 8, 3
+SETUPS = {
+    "zero0": {"processes": 1, "overrides": ["deepspeed=zero0"]},
+    "zero3-gather": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=true"]},
+    "zero3-layerwise": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=false"]},
+}
+
+
+def build_workload(root: Path) -> dict[str, Path]:
+    """Tokenizer + tiny Llama (vocab 512), reward and cost score models on the same backbone, once per cache."""
+    from transformers import AutoTokenizer
+
+    from safe_rlhf.assets import build_tiny_assets
+    from safe_rlhf.score_model import COST_SIGN_CONVENTION, load_score_model, set_score_metadata
+
+    policy = root / "policy"
+    if not (policy / "model.safetensors").exists():
+        build_tiny_assets(policy, vocab_size=512, hidden_size=64, intermediate_size=172, num_layers=2, num_heads=4)
+    paths = {"policy": policy}
+    for score_type in ("reward", "cost"):
+        target = root / f"{score_type}_model"
+        if not (target / "config.json").exists():
+            model = load_score_model(str(policy), score_dim=1, new_head=True)
+            convention = COST_SIGN_CONVENTION if score_type == "cost" else "higher is better"
+            set_score_metadata(model, score_type=score_type, score_dim=1, sign_convention=convention)
+            model.save_pretrained(target, safe_serialization=True)
+            AutoTokenizer.from_pretrained(policy).save_pretrained(target)
+        paths[score_type] = target
+    return paths
+
+
+def fixed_prompts(tokenizer: Any, count: int, length: int, seed: int = 0) -> list[Any]:
+    """``count`` prompts of exactly ``length`` ordinary tokens (no specials, no template)."""
+    import torch
+
+    from safe_rlhf.data import TokenizedPrompt
+
+    generator = torch.Generator().manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+    picks = torch.randint(len(ordinary), (count, length), generator=generator)
+    return [TokenizedPrompt(input_ids=ordinary[row].tolist(), meta={}) for row in picks]
+
+
+def worker(setup: str, root: Path) -> None:
+    """Runs inside each rank: build the recipe on the workload, time iterations and parts, print JSON on rank 0."""
+    import torch
+
+    from safe_rlhf import distributed
+    from safe_rlhf.recipes.common import BatchSchedule
+    from safe_rlhf.recipes.ppo import PPORecipe
+    from safe_rlhf.train import load_config
+
+    overrides = [
+        f"actor.name_or_path={root / 'policy'}",
+        f"reward_model={root / 'reward_model'}",
+        f"cost_model={root / 'cost_model'}",
+        f"output_dir={root / ('run-' + setup)}",
+        "logger=none",
+        "data.eval=null",
+        f"train.rollout_batch_size={PROMPTS}",
+        f"train.mini_batch_size={PROMPTS}",
+        f"train.micro_batch_size={PROMPTS // int(os.environ.get('WORLD_SIZE', '1'))}",
+        "ppo.ppo_epochs=1",
+        f"generation.max_new_tokens={NEW_TOKENS}",
+        f"generation.min_new_tokens={NEW_TOKENS}",
+        "generation.temperature=0.7",
+        "generation.top_k=0",
+        "generation.top_p=1.0",
+        "train.export=false",
+        *SETUPS[setup]["overrides"],
+    ]
+    config = load_config("ppo_lag", overrides)
+    recipe = PPORecipe(config, str(root / f"run-{setup}"))
+    try:
+        recipe.setup()
+        recipe.prompt_items = fixed_prompts(recipe.tokenizer, PROMPTS * 64, PROMPT_TOKENS)
+        recipe.schedule = BatchSchedule(
+            num_samples=len(recipe.prompt_items),
+            batch_size=PROMPTS,
+            micro_batch_size=config.train.micro_batch_size,
+            world_size=distributed.world_size(),
+            rank=distributed.rank(),
+            seed=config.seed,
+        )
+        repeats = []
+        for _ in range(WARMUP):
+            recipe.iteration()
+            recipe.step += 1
+        for _ in range(REPEATS):
+            phases: dict[str, list[float]] = {"generation": [], "scoring": [], "learning": [], "iteration": []}
+            for _ in range(TIMED):
+                distributed.barrier()
+                start = time.perf_counter()
+                _, _, _, timings = recipe.iteration()
+                distributed.barrier()
+                phases["iteration"].append(time.perf_counter() - start)
+                for key in ("generation", "scoring", "learning"):
+                    phases[key].append(timings[key])
+                recipe.step += 1
+            repeats.append({key: statistics.mean(values) for key, values in phases.items()})
+        # The parts: plain generate for the batch, one policy forward+backward on (16, 48).
+        from safe_rlhf.data import collate_prompts
+        from safe_rlhf.recipes.rollout import policy_log_probs, sample_responses
+
+        share = PROMPTS // distributed.world_size()
+        batch = collate_prompts(recipe.prompt_items[:share], recipe.tokenizer.pad_token_id)
+        generate_times, backward_times = [], []
+        actor = recipe.engines["actor"]
+        for _ in range(REPEATS):
+            distributed.barrier()
+            start = time.perf_counter()
+            sample_responses(
+                actor,
+                batch["input_ids"],
+                batch["attention_mask"],
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                temperature=0.7,
+                top_p=1.0,
+                top_k=0,
+                eos_token_id=recipe.tokenizer.eos_token_id,
+                pad_token_id=recipe.tokenizer.pad_token_id,
+                zero_stage=config.deepspeed.zero_stage,
+                gather=config.generation.gather_weights,
+                world_size=distributed.world_size(),
+            )
+            generate_times.append(time.perf_counter() - start)
+            tokens = torch.randint(3, 500, (share, PROMPT_TOKENS + NEW_TOKENS))
+            mask = torch.ones_like(tokens)
+            actor.train()
+            distributed.barrier()
+            start = time.perf_counter()
+            loss = -policy_log_probs(actor, tokens, mask, 1.0).mean()
+            actor.backward(loss)
+            backward_times.append(time.perf_counter() - start)
+            actor.optimizer.zero_grad()
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peaks = distributed.all_gather_cat(torch.tensor([peak_rss_mb]))
+        if distributed.is_main_process():
+            median = {key: statistics.median(r[key] for r in repeats) for key in repeats[0]}
+            result = {
+                "setup": setup,
+                "processes": distributed.world_size(),
+                "seconds_per_iteration": median["iteration"],
+                "generation_s": median["generation"],
+                "scoring_s": median["scoring"],
+                "learning_s": median["learning"],
+                "generated_tokens_per_second": PROMPTS * NEW_TOKENS / median["iteration"],
+                "plain_generate_s": statistics.median(generate_times),
+                "forward_backward_s": statistics.median(backward_times),
+                "peak_rss_mb_per_process": float(peaks.max()),
+                "repeats": repeats,
+            }
+            print("BENCH-RESULT " + json.dumps(result), flush=True)
+    finally:
+        distributed.shutdown(*recipe.engines.values())
+
+
+def run_setup(setup: str, root: Path) -> dict[str, Any]:
+    from safe_rlhf.distributed import find_free_port
+
+    processes = SETUPS[setup]["processes"]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1" if processes > 1 else "2"))
+    module_args = ["--module", "safe_rlhf.bench", "--worker", setup, "--root", str(root)]
+    if processes == 1:
+        command = [sys.executable, "-m", "safe_rlhf.bench", "--worker", setup, "--root", str(root)]
+    else:
+        deepspeed = str(Path(sys.executable).parent / "deepspeed")
+        command = [deepspeed, "--num_gpus", str(processes), "--master_port", str(find_free_port()), *module_args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return dict(json.loads(line[len("BENCH-RESULT ") :]))
+    tail = (result.stderr or result.stdout)[-2000:]
+    raise RuntimeError(f"benchmark {setup} failed (exit {result.returncode}):\n{tail}")
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'setup':<16}{'procs':>6}{'s/iter':>9}{'gen s':>8}{'score s':>9}{'learn s':>9}{'tok/s':>8}"
+        f"{'generate s':>12}{'fwd+bwd s':>11}{'peak RSS MB':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r['setup']:<16}{r['processes']:>6}{r['seconds_per_iteration']:>9.3f}{r['generation_s']:>8.3f}"
+            f"{r['scoring_s']:>9.3f}{r['learning_s']:>9.3f}{r['generated_tokens_per_second']:>8.0f}"
+            f"{r['plain_generate_s']:>12.3f}{r['forward_backward_s']:>11.3f}{r['peak_rss_mb_per_process']:>13.0f}"
+        )
+    base = results[0]["seconds_per_iteration"]
+    for r in results[1:]:
+        print(
+            f"ratio {r['setup']} / {results[0]['setup']}: {r['seconds_per_iteration'] / base:.2f}x seconds per iteration"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--root", type=Path, default=None, help="workload cache (default $SAFE_RLHF_CACHE/bench)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    from safe_rlhf.assets import cache_dir
+
+    root = (args.root or cache_dir() / "bench-tiny-ppo").resolve()
+    if args.worker:
+        worker(args.worker, root)
+        return
+    build_workload(root)
+    results = [run_setup(setup, root) for setup in args.setups]
+    print_table(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
