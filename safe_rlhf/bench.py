@@ -31,7 +31,7 @@ from typing import Any
 
 PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 16, 16, 32
 WARMUP, TIMED, REPEATS = 1, 8, 3
-SETUPS = {
+SETUPS: dict[str, dict[str, Any]] = {
     "zero0": {"processes": 1, "overrides": ["deepspeed=zero0"]},
     "zero3-gather": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=true"]},
     "zero3-layerwise": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=false"]},
@@ -224,7 +224,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     base = results[0]["seconds_per_iteration"]
     for r in results[1:]:
         print(
-            f"ratio {r['setup']} / {results[0]['setup']}: {r['seconds_per_iteration'] / base:.2f}x seconds per iteration"
+            f"ratio {r['setup']} / {results[0]['setup']}: "
+            f"{r['seconds_per_iteration'] / base:.2f}x seconds per iteration"
         )
 
 
