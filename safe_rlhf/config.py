@@ -488,6 +488,41 @@ class PPOConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+@dataclass
+class ArenaConfig:
+    """Policies answer the same prompts; reward and cost models (and toy-world judges) score them.
+
+    ``python -m safe_rlhf.evaluate --config-name arena policies.sft=runs/sft/model policies.ppo_lag=runs/ppo_lag/model``
+    """
+
+    # Which program runs this config (do not change).
+    recipe: str = "arena"
+    # Where responses.jsonl / responses.csv, summary.json, plots/ and report.md go.
+    output_dir: str = "runs/arena"
+    # Seed for sampling (the same prompts and seeds for every policy).
+    seed: int = 42
+    # name -> model directory, in the order they appear in tables.
+    policies: dict[str, str] = field(default_factory=dict)
+    # The policy the others are compared with (win rates, safe/unsafe x better/worse).
+    baseline: str = "sft"
+    # Reward model directory.
+    reward_model: str = "runs/reward_model/model"
+    # Cost model directory.
+    cost_model: str = "runs/cost_model/model"
+    # Cost threshold drawn in plots (e.g. the PPO-Lag budget); null = none.
+    threshold: float | None = None
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    # Prompts per generation pass per rank.
+    micro_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.policies and self.baseline not in self.policies:
+            raise ConfigError(f"baseline={self.baseline!r} is not one of policies: {', '.join(self.policies)}")
+        _positive("micro_batch_size", self.micro_batch_size)
+
+
 RECIPE_SCHEMAS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": ScoreModelConfig,
@@ -496,6 +531,7 @@ RECIPE_SCHEMAS: dict[str, type] = {
     "ppo": PPOConfig,
     "ppo_lag": PPOConfig,
     "ppo_reward_shaping": PPOConfig,
+    "arena": ArenaConfig,
 }
 
 

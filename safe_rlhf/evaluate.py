@@ -89,3 +89,115 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ArenaEvaluation:
+    """Every policy answers the same held-out prompts (same sampling seeds); the reward and cost models score them,
+    and the toy world's judges too when the prompts come from it. Writes per-prompt results, a summary, plots and a
+    Markdown report::
+
+        python -m safe_rlhf.evaluate --config-name arena +policies.sft=runs/sft/model \\
+            +policies.ppo=runs/ppo/model +policies.ppo_lag=runs/ppo_lag/model baseline=sft
+    """
+
+    def __init__(self, config: Any, run_dir: str) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+
+    def answer(self, name: str, path: str) -> list[Any]:
+        from safe_rlhf.analysis import PolicyResponse
+        from safe_rlhf.config import ModelConfig, PPOConfig, RLTrainConfig
+        from safe_rlhf.recipes.ppo import PPORecipe
+
+        config = self.config
+        ppo_config = PPOConfig(
+            recipe="ppo",
+            output_dir=str(self.run_dir / name),
+            seed=config.seed,
+            actor=ModelConfig(name_or_path=path),
+            reward_model=config.reward_model,
+            cost_model=config.cost_model,
+            data=config.data,
+            generation=config.generation,
+            deepspeed=config.deepspeed,
+            train=RLTrainConfig(micro_batch_size=config.micro_batch_size, mini_batch_size=64, rollout_batch_size=64),
+        )
+        recipe = PPORecipe(ppo_config, str(self.run_dir / name))
+        try:
+            recipe.setup_for_evaluation()
+            recipe.evaluate(write=False)
+            records = recipe.last_eval_records
+        finally:
+            for engine in recipe.engines.values():
+                engine.destroy()
+        return [
+            PolicyResponse(
+                policy=name,
+                prompt_id=r["prompt_id"],
+                prompt=r["prompt"],
+                response=r["response"],
+                reward=r["reward"],
+                cost=r["cost"],
+                length=r["length"],
+                ended_with_eos=r["ended_with_eos"],
+                true_helpfulness=r.get("true_helpfulness"),
+                true_severity=r.get("true_severity"),
+                true_categories=tuple(r.get("true_categories", ())),
+                risky=r.get("risky"),
+            )
+            for r in records
+        ]
+
+    def run(self) -> None:
+        from safe_rlhf.analysis import arena_summary, write_csv, write_records
+
+        config = self.config
+        if not config.policies:
+            raise ValueError("no policies to compare: add some, e.g. +policies.sft=runs/sft/model")
+        distributed.init_distributed()
+        try:
+            write_run_files(self.run_dir, config)
+            records = [record for name, path in config.policies.items() for record in self.answer(name, path)]
+            if distributed.is_main_process():
+                use_truth = any(r.true_severity is not None for r in records)
+                summary = arena_summary(records, config.baseline, use_truth=use_truth)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_records(records, self.run_dir / "responses.jsonl")
+                write_csv(records, self.run_dir / "responses.csv")
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+                report = write_arena_report(self.run_dir, records, summary, config.threshold)
+                print(f"arena: {len(records)} responses from {len(config.policies)} policies; report: {report}")
+        finally:
+            distributed.shutdown()
+
+
+def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any], threshold: float | None) -> Path:
+    """Plots and one Markdown report putting the arena's tables and plots together."""
+    from safe_rlhf.analysis import ReportSection, summary_table, write_report
+    from safe_rlhf.analysis.plots import plot_harm_by_severity, plot_length_hist, plot_reward_cost_scatter
+
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    images = [plot_reward_cost_scatter(records, plots / "reward_cost_scatter.png")]
+    policies = summary["policies"]
+    if any("harm_rate_by_severity" in s for s in policies.values()):
+        images.append(plot_harm_by_severity(policies, plots / "harm_by_severity.png"))
+    images.append(plot_length_hist(records, plots / "length_hist.png"))
+    keys = ["n", "mean_reward", "mean_cost", "harmful_rate", "mean_length", "no_eos_rate", "true_helpfulness",
+            "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1", "harm_rate_by_severity.2",
+            "harm_rate_by_severity.3"]  # fmt: skip
+    sections = [
+        ReportSection(title="Policies", table=summary_table(policies, keys), images=images),
+    ]
+    versus_key = next((k for k in summary if k.startswith("versus_")), None)
+    if versus_key:
+        rows = []
+        for policy, comparison in summary[versus_key].items():
+            row: dict[str, Any] = {"policy": policy}
+            for basis in ("reward", "cost", "true_helpfulness"):
+                if basis in comparison:
+                    row[f"{basis} win"] = comparison[basis].get("win")
+            rows.append(row)
+        sections.append(ReportSection(title=versus_key.replace("_", " "), table=rows))
+    text = f"Cost threshold: {threshold}" if threshold is not None else ""
+    return write_report(run_dir, "Arena", [*sections, ReportSection(title="Notes", text=text or "-")])

@@ -10,6 +10,7 @@ _RECIPE_CLASSES = {
     "reward_model": "safe_rlhf.recipes.score_model:ScoreModelRecipe",
     "cost_model": "safe_rlhf.recipes.score_model:ScoreModelRecipe",
     "score_model": "safe_rlhf.evaluate:ScoreModelEvaluation",
+    "arena": "safe_rlhf.evaluate:ArenaEvaluation",
     "ppo": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_lag": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_reward_shaping": "safe_rlhf.recipes.ppo:PPORecipe",

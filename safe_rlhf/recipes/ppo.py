@@ -228,6 +228,26 @@ class PPORecipe:
                 cost_critic, train_ds, config.critic_optim, optimizer_steps, settings
             )
 
+    def setup_for_evaluation(self) -> None:
+        """Only what answering and scoring prompts needs: the actor (frozen), the reward and cost models."""
+        config, settings = self.config, self.config.deepspeed
+        distributed.init_distributed()
+        self.device = distributed.device()
+        self.tokenizer = engines.load_tokenizer(config.actor)
+        self._setup_data()
+        frozen_ds = engines.deepspeed_config(
+            settings, micro_batch_size=config.train.micro_batch_size, gradient_accumulation_steps=1, trainable=False
+        )
+        actor = engines.load_causal_lm(config.actor, frozen_ds, settings)
+        self._keep_alive.append(actor)
+        self.engines["actor"] = engines.frozen_engine(actor.model, frozen_ds)
+        dtype = engines.compute_dtype(settings)
+        for name, path in (("reward_model", config.reward_model), ("cost_model", config.cost_model)):
+            if path:
+                model = load_score_model(path, dtype=dtype)
+                engines.disable_dropout(model)
+                self.engines[name] = engines.frozen_engine(model, frozen_ds)
+
     def trainable_engines(self) -> dict[str, Any]:
         return {name: self.engines[name] for name in ("actor", "reward_critic", "cost_critic") if name in self.engines}
 
@@ -571,6 +591,7 @@ class PPORecipe:
             (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         for name in self.trainable_engines():
             self.engines[name].train()
+        self.last_eval_records = records
         return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, float)}
 
     def _judge(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
