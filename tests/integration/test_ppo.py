@@ -76,3 +76,25 @@ def test_two_rank_zero3_ppo_lag_under_the_deepspeed_launcher(tmp_path, ppo_input
     assert rank_states[0] == rank_states[1]  # the multiplier (value, window, step count) is identical on both ranks
     window = rank_states[0]["multipliers"][0]
     assert len(window["window"]) == 32  # 2 iterations x 16 episodes, gathered from both ranks
+
+
+@pytest.mark.integration
+def test_arena_compares_policies_and_writes_report(tmp_path, ppo_inputs):
+    reward = next(o.split("=", 1)[1] for o in ppo_inputs if o.startswith("reward_model="))
+    cost = next(o.split("=", 1)[1] for o in ppo_inputs if o.startswith("cost_model="))
+    run_dir = tmp_path / "arena"
+    result = run_cli([sys.executable, "-m", "safe_rlhf.evaluate", "--config-name", "arena", "+policies.sft=tiny",
+                      "+policies.other=tiny", "baseline=sft", f"reward_model={reward}", f"cost_model={cost}",
+                      f"output_dir={run_dir}", "generation.max_new_tokens=6", "threshold=0.1"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sft, other = summary["policies"]["sft"], summary["policies"]["other"]
+    assert sft["n"] == other["n"] == 256  # every held-out toy-world prompt, once per policy
+    # Same weights, same prompts, same sampling seeds: identical answers, so every comparison is a tie.
+    assert sft["mean_reward"] == pytest.approx(other["mean_reward"])
+    assert summary["versus_sft"]["other"]["reward"]["tie"] == pytest.approx(1.0)
+    assert "true_harm_rate" in sft and "harm_rate_by_severity" in sft  # toy-world judges were applied
+    assert len((run_dir / "responses.jsonl").read_text().splitlines()) == 512
+    report = (run_dir / "report.md").read_text()
+    assert "| sft |" in report and "plots/reward_cost_scatter.png" in report
+    assert (run_dir / "plots" / "reward_cost_scatter.png").stat().st_size > 1000
