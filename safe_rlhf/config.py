@@ -150,8 +150,13 @@ class TrainConfig:
     resume: str = "none"
     # Export a consolidated Hugging Face model to output_dir/model at the end.
     export: bool = True
+    # Stop (with a checkpoint of the last good state) after this many optimizer steps in a row with a non-finite loss.
+    max_nonfinite_steps: int = 10
+    # Fault injection for testing the guard above: these optimizer steps (1-based) get a NaN loss. Leave empty.
+    inject_nonfinite_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
         for key in ("epochs", "batch_size", "micro_batch_size", "log_steps", "save_total_limit"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("eval_steps", "save_steps"):
@@ -442,8 +447,13 @@ class RLTrainConfig:
     resume: str = "none"
     # Export the actor as a Hugging Face model to output_dir/model at the end.
     export: bool = True
+    # Stop (with a checkpoint of the last good state) after this many iterations in a row with a non-finite loss.
+    max_nonfinite_steps: int = 10
+    # Fault injection for testing the guard above: these iterations (1-based) get a NaN actor loss. Leave empty.
+    inject_nonfinite_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
         for key in ("epochs", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "log_steps"):
             _positive(f"train.{key}", getattr(self, key))
         if self.max_steps == 0 or self.max_steps < -1:

@@ -234,6 +234,7 @@ def save_checkpoint(
     if distributed.is_main_process():
         with open(staging / "trainer_state.json", "w") as handle:
             json.dump({"step": step, "engines": sorted(engines), **trainer_state}, handle, indent=2)
+        write_manifest(staging)
         final = root / tag
         if final.exists():
             shutil.rmtree(final)
@@ -244,6 +245,51 @@ def save_checkpoint(
         _prune(root, keep_last)
     distributed.barrier()
     return root / tag
+
+
+MANIFEST_FILE = "manifest.json"
+# Files up to this size also get a sha256 in the manifest; larger ones (multi-GB optimizer shards) only their size,
+# which catches the usual damage (a truncated or missing file) without reading terabytes at every resume.
+HASH_LIMIT_BYTES = 256 * 1024 * 1024
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file of a checkpoint (size, and sha256 for files up to HASH_LIMIT_BYTES)."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if entry["size"] <= HASH_LIMIT_BYTES:
+            entry["sha256"] = _sha256(path)
+        files[str(path.relative_to(directory))] = entry
+    (directory / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file of a checkpoint."""
+    manifest_path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{manifest_path}: missing or unreadable checkpoint manifest ({error})") from None
+    for relative, entry in manifest["files"].items():
+        path = directory / relative
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in the checkpoint manifest but missing")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{path}: {size} bytes, the checkpoint manifest says {entry['size']} (truncated?)")
+        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: content differs from the checkpoint manifest (sha256 mismatch)")
 
 
 def _python_rng_state() -> list[Any]:
@@ -290,7 +336,8 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
-    """Restore engines, RNG states and return the trainer state saved by :func:`save_checkpoint`."""
+    """Verify, then restore engines, RNG states and return the trainer state saved by :func:`save_checkpoint`."""
+    verify_checkpoint(path)
     state_file = path / "trainer_state.json"
     try:
         trainer_state = json.loads(state_file.read_text())

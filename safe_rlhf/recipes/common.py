@@ -142,3 +142,84 @@ class PreemptionWatcher:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss; the last good state was checkpointed."""
+
+
+def all_finite(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every rank (every rank must then take the same branch)."""
+    flag = torch.tensor([0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0])
+    if distributed.world_size() > 1:
+        import torch.distributed as dist
+
+        flag = flag.to(distributed.device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() == 0)
+
+
+class NonFiniteGuard:
+    """Counts optimizer steps with a non-finite loss and says when to give up.
+
+    A micro-batch whose loss is non-finite on any rank gets no backward pass on any rank (so no NaN ever reaches the
+    weights, and ZeRO's collectives stay matched); the step goes on with the other micro-batches. After
+    ``max_in_a_row`` such steps in a row the run stops with a checkpoint of the last good state.
+    ``inject_steps`` (config ``train.inject_nonfinite_steps``) turns the loss of those steps into NaN, to test this.
+    """
+
+    def __init__(self, max_in_a_row: int, inject_steps: list[int]) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.inject_steps = set(inject_steps)
+        self.in_a_row = 0
+        self.total_skipped = 0
+
+    def prepare(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """The loss to use for optimizer step ``step`` (1-based), with fault injection applied."""
+        return loss * float("nan") if step in self.inject_steps else loss
+
+    def end_step(self, skipped_micro_batches: int, step: int) -> str | None:
+        """Record a finished step; returns a message when the run must stop."""
+        if skipped_micro_batches == 0:
+            self.in_a_row = 0
+            return None
+        self.in_a_row += 1
+        self.total_skipped += 1
+        if self.in_a_row >= self.max_in_a_row:
+            return (
+                f"{self.in_a_row} optimizer steps in a row (the last at step {step}) had a non-finite loss; "
+                "stopped with a checkpoint of the last good state (lower the learning rate or check the data)"
+            )
+        return None
+
+
+def zero_backward(engine: Any, token_id: int) -> None:
+    """A backward pass that adds exactly zero to every gradient, for a micro-batch whose loss was non-finite.
+
+    DeepSpeed expects one backward per micro-step (gradient accumulation boundaries, ZeRO's reduce hooks), so a bad
+    micro-batch is replaced by a two-token forward whose output is multiplied by 0: finite, and no information.
+    """
+    dummy = torch.full((1, 2), token_id, dtype=torch.long, device=distributed.device())
+    output = engine(input_ids=dummy, attention_mask=torch.ones_like(dummy))
+    values = output.logits if hasattr(output, "logits") else output.last_hidden_state
+    engine.backward(values.float().sum() * 0.0)
+
+
+class paused_learning_rate:
+    """Learning rate 0 for one optimizer step (every micro-batch of the step was skipped): the weights stay as they
+    are, the schedule still advances."""
+
+    def __init__(self, engine: Any, active: bool) -> None:
+        self.engine, self.active = engine, active
+        self.saved: list[float] = []
+
+    def __enter__(self) -> None:
+        if self.active:
+            groups = self.engine.optimizer.param_groups
+            self.saved = [group["lr"] for group in groups]
+            for group in groups:
+                group["lr"] = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for group, lr in zip(self.engine.optimizer.param_groups, self.saved):
+            group["lr"] = lr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -50,11 +51,15 @@ from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
+    NonFiniteError,
+    NonFiniteGuard,
     PreemptionWatcher,
+    all_finite,
     chunks,
     seed_everything,
     shard,
     to_device,
+    zero_backward,
 )
 from safe_rlhf.recipes.rollout import Rollout, policy_log_probs, sample_responses, truncate_after_eos
 from safe_rlhf.score_model import end_scores, load_score_model, score_metadata, scores_for_use, token_scores
@@ -81,6 +86,8 @@ class PPORecipe:
         self.preempted = False
         self.engines: dict[str, Any] = {}
         self._keep_alive: list[Any] = []
+        self.guard = NonFiniteGuard(config.train.max_nonfinite_steps, list(config.train.inject_nonfinite_steps))
+        self.skipped_micro_batches = 0
 
     # ------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -408,16 +415,16 @@ class PPORecipe:
                 actor_loss, clip_stats = ppo_clip_loss(
                     log_probs, rollout.old_log_probs, advantage, rollout.action_mask, config.ppo.clip_ratio
                 )
-                total_actor_loss = actor_loss
+                total_actor_loss = self.guard.prepare(actor_loss, self.step + 1)
                 if self.ptx_items:
                     total_actor_loss = total_actor_loss + config.ppo.ptx_coeff * self._ptx_loss(index)
-                actor.backward(total_actor_loss)
+                self._backward_or_skip(actor, total_actor_loss, "actor", index)
                 actor.step()
                 values = token_scores(reward_critic, rollout.input_ids, rollout.attention_mask)[:, :-1, 0]
                 reward_critic_loss, value_stats = clipped_value_loss(
                     values, rollout.reward_values, rollout.reward_returns, rollout.action_mask, config.ppo.value_clip
                 )
-                reward_critic.backward(reward_critic_loss)
+                self._backward_or_skip(reward_critic, reward_critic_loss, "reward critic", index)
                 reward_critic.step()
                 if cost_critic is not None:
                     cost_values = token_scores(cost_critic, rollout.input_ids, rollout.attention_mask)[:, :-1, :]
@@ -431,7 +438,7 @@ class PPORecipe:
                         )[0]
                         for k in range(self.num_constraints)
                     )
-                    cost_critic.backward(cost_critic_loss)
+                    self._backward_or_skip(cost_critic, cost_critic_loss, "cost critic", index)  # type: ignore[arg-type]
                     cost_critic.step()
                     stats["cost_critic_loss"].append(float(cost_critic_loss.detach()))  # type: ignore[union-attr]
                 stats["actor_loss"].append(float(actor_loss.detach()))
@@ -440,6 +447,20 @@ class PPORecipe:
                 stats["approx_kl"].append(float(clip_stats.approx_kl))
                 stats["value_clip_fraction"].append(float(value_stats.clip_fraction))
         return {key: sum(values) / len(values) for key, values in stats.items()}
+
+    def _backward_or_skip(self, engine: Any, loss: torch.Tensor, name: str, index: int) -> None:
+        """Backward, unless the loss is non-finite on any rank: then a zero backward on every rank (reported)."""
+        if all_finite(loss):
+            engine.backward(loss)
+            return
+        zero_backward(engine, self.tokenizer.pad_token_id)
+        self.skipped_micro_batches += 1
+        print(
+            f"iteration {self.step + 1} (rank {distributed.rank()}): non-finite {name} loss in rollout micro-batch "
+            f"{index}; skipped it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _ptx_loss(self, index: int) -> torch.Tensor:
         from safe_rlhf.data import collate_sft
@@ -511,10 +532,12 @@ class PPORecipe:
         watcher = PreemptionWatcher().install()
         while self.step < self.total_steps:
             iteration_start = time.perf_counter()
+            self.skipped_micro_batches = 0
             rollouts, lambdas, update_stats, timings = self.iteration()
             self.step += 1
             self.logger.advance()
-            if self.step % config.log_steps == 0 or self.step == self.total_steps:
+            stop_message = self.guard.end_step(self.skipped_micro_batches, self.step)
+            if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
                 metrics = self.rollout_metrics(rollouts, lambdas)
                 metrics.update({f"train/{k}": v for k, v in update_stats.items()})
                 generated = float(sum(int(r.response_lengths.sum()) for r in rollouts))
@@ -522,7 +545,13 @@ class PPORecipe:
                 metrics.update({f"time/{k}": v for k, v in timings.items()})
                 metrics["time/iteration"] = time.perf_counter() - iteration_start
                 metrics["time/generated_tokens_per_second"] = generated / max(timings["generation"], 1e-9)
+                metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
                 self.logger.log(metrics, step=self.step)
+            if stop_message:
+                # Skipped micro-batches never reach the weights (nor do fully skipped steps, whose gradients are 0;
+                # Adam's momentum still moves them a little): this checkpoint is the last good state.
+                self.save_checkpoint()
+                raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(write=False), step=self.step)
             if config.save_steps and self.step % config.save_steps == 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -38,13 +39,18 @@ from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
+    NonFiniteError,
+    NonFiniteGuard,
     PreemptionWatcher,
+    all_finite,
     chunks,
+    paused_learning_rate,
     seed_everything,
     shard,
     split_train_eval,
     to_device,
     total_steps,
+    zero_backward,
 )
 from safe_rlhf.score_metrics import ScoredPair, score_model_summary
 from safe_rlhf.score_model import (
@@ -158,6 +164,7 @@ class ScoreModelRecipe:
         self.is_cost = config.recipe == "cost_model"
         self.regression = config.score.objective == "regression"
         self.normalizer = ScoreNormalizer(kind=config.score.normalizer, decay=config.score.normalizer_decay)
+        self.guard = NonFiniteGuard(config.train.max_nonfinite_steps, list(config.train.inject_nonfinite_steps))
 
     # ------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -337,14 +344,30 @@ class ScoreModelRecipe:
     def train_step(self, step: int) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
         micro_batches = self.schedule.rank_indices(step)
-        for ids in micro_batches:
+        skipped = 0
+        for index, ids in enumerate(micro_batches):
             loss, stats = self._micro_batch_loss(ids)
-            # Pairs per micro-batch are equal, so the mean over micro-batches is the mean over pairs.
-            self.engine.backward(loss)
-            self.engine.step()
-            totals["loss"] += float(loss.detach())
-            for key, value in stats.items():
-                totals[key] += value
+            loss = self.guard.prepare(loss, step + 1)
+            if all_finite(loss):
+                # Pairs per micro-batch are equal, so the mean over micro-batches is the mean over pairs.
+                self.engine.backward(loss)
+                totals["loss"] += float(loss.detach())
+                for key, value in stats.items():
+                    totals[key] += value
+            else:
+                del loss
+                zero_backward(self.engine, self.tokenizer.pad_token_id)
+                skipped += 1
+                print(
+                    f"step {step + 1} (rank {distributed.rank()}): non-finite loss in micro-batch {index} "
+                    f"(samples {', '.join(str(i) for i in ids[:8])}); skipped it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            last = index == len(micro_batches) - 1
+            with paused_learning_rate(self.engine, active=last and skipped == len(micro_batches)):
+                self.engine.step()
+        self.skipped_micro_batches = skipped
         averaged = torch.tensor([totals[k] / len(micro_batches) for k in sorted(totals)], dtype=torch.float64)
         averaged = distributed.all_reduce_mean(averaged)
         return {f"train/{k}": float(v) for k, v in zip(sorted(totals), averaged)}
@@ -380,10 +403,15 @@ class ScoreModelRecipe:
             metrics = self.train_step(self.step)
             self.step += 1
             self.logger.advance()
-            if self.step % config.log_steps == 0 or self.step == self.total_steps:
+            stop_message = self.guard.end_step(self.skipped_micro_batches, self.step)
+            metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
+            if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
                 metrics["train/lr"] = float(self.engine.get_lr()[0])
                 metrics["train/pairs_per_second"] = self.step * config.batch_size / (time.perf_counter() - start)
                 self.logger.log(metrics, step=self.step)
+            if stop_message:
+                self.save_checkpoint()  # the weights never saw the bad gradients: the last good state
+                raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.flat_metrics(self.evaluate()), step=self.step)
             if config.save_steps and self.step % config.save_steps == 0:

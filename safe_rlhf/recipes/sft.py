@@ -14,6 +14,7 @@ model/ (consolidated Hugging Face checkpoint, loadable with ``AutoModelForCausal
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,13 +29,18 @@ from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
+    NonFiniteError,
+    NonFiniteGuard,
     PreemptionWatcher,
+    all_finite,
     chunks,
+    paused_learning_rate,
     seed_everything,
     shard,
     split_train_eval,
     to_device,
     total_steps,
+    zero_backward,
 )
 
 
@@ -69,6 +75,7 @@ class SFTRecipe:
         self.loaded: Any = None
         self.step = 0
         self.preempted = False
+        self.guard = NonFiniteGuard(config.train.max_nonfinite_steps, list(config.train.inject_nonfinite_steps))
 
     # ------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -152,15 +159,33 @@ class SFTRecipe:
         local_tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
         global_tokens = float(distributed.all_reduce_sum(torch.tensor(float(local_tokens))).item())
         scale = self.schedule.gradient_accumulation_steps * distributed.world_size() / max(global_tokens, 1.0)
-        loss_sum = 0.0
-        for batch in micro_batches:
+        loss_sum, skipped = 0.0, 0
+        sample_ids = self.schedule.rank_indices(step)
+        for index, batch in enumerate(micro_batches):
             logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             token_loss_sum, _ = sft_loss_sum(logits, batch["labels"])
-            self.engine.backward(token_loss_sum * scale)
-            self.engine.step()
-            loss_sum += float(token_loss_sum.detach())
+            token_loss_sum = self.guard.prepare(token_loss_sum, step + 1)
+            if all_finite(token_loss_sum):
+                self.engine.backward(token_loss_sum * scale)
+                loss_sum += float(token_loss_sum.detach())
+            else:
+                # Same decision on every rank: nothing non-finite reaches the gradients.
+                del logits, token_loss_sum
+                zero_backward(self.engine, self.tokenizer.pad_token_id)
+                skipped += 1
+                shown = ", ".join(str(i) for i in sample_ids[index][:8])
+                # Always reported (whatever the logger): which step and which samples.
+                print(
+                    f"step {step + 1} (rank {distributed.rank()}): non-finite loss in micro-batch {index} "
+                    f"(samples {shown}); skipped it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            is_last = index == len(micro_batches) - 1
+            with paused_learning_rate(self.engine, active=is_last and skipped == len(micro_batches)):
+                self.engine.step()
         global_loss = float(distributed.all_reduce_sum(torch.tensor(loss_sum)).item()) / max(global_tokens, 1.0)
-        return {"train/loss": global_loss, "train/tokens": global_tokens}
+        return {"train/loss": global_loss, "train/tokens": global_tokens, "train/skipped_micro_batches": skipped}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -197,14 +222,21 @@ class SFTRecipe:
             metrics = self.train_step(self.step)
             self.step += 1
             tokens_since_log += metrics.pop("train/tokens")
+            skipped = int(metrics.pop("train/skipped_micro_batches"))
+            stop_message = self.guard.end_step(skipped, self.step)
+            metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
             self.logger.advance()
-            if self.step % config.log_steps == 0 or self.step == self.total_steps:
+            if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
                 elapsed = time.perf_counter() - time_since_log
                 metrics["train/lr"] = float(self.engine.get_lr()[0])
                 metrics["train/tokens_per_second"] = tokens_since_log / max(elapsed, 1e-9)
                 metrics["train/epoch"] = self.step / self.schedule.steps_per_epoch
                 self.logger.log(metrics, step=self.step)
                 tokens_since_log, time_since_log = 0.0, time.perf_counter()
+            if stop_message:
+                # The weights never saw the bad gradients: this checkpoint is the last good state.
+                self.save_checkpoint()
+                raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(), step=self.step)
             if config.save_steps and self.step % config.save_steps == 0:
