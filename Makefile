@@ -31,13 +31,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed  ## create .venv (if missing) and install safe-rlhf with its dev tools
 
 DEMO_DIR ?= runs/demo
-demo: install  ## the pipeline so far on the tiny offline model and the toy world: SFT, reward model, cost model, evaluation
-	$(PY) -m safe_rlhf.train --config-name sft output_dir=$(DEMO_DIR)/sft
-	$(PY) -m safe_rlhf.train --config-name reward_model model.name_or_path=$(DEMO_DIR)/sft/model output_dir=$(DEMO_DIR)/reward_model
-	$(PY) -m safe_rlhf.train --config-name cost_model model.name_or_path=$(DEMO_DIR)/sft/model output_dir=$(DEMO_DIR)/cost_model
-	$(PY) -m safe_rlhf.evaluate --config-name score_model model.name_or_path=$(DEMO_DIR)/reward_model/model output_dir=$(DEMO_DIR)/eval/reward_model
-	$(PY) -m safe_rlhf.evaluate --config-name score_model model.name_or_path=$(DEMO_DIR)/cost_model/model output_dir=$(DEMO_DIR)/eval/cost_model
-	@echo "demo results: $(DEMO_DIR)/eval/reward_model/summary.json $(DEMO_DIR)/eval/cost_model/summary.json"
+demo: install  ## the whole pipeline on the toy world (SFT, reward/cost models, PPO, PPO-Lag, reward shaping, arena, report)
+	$(PY) -m safe_rlhf.pipeline output_dir=$(DEMO_DIR)
 
 test: install  ## the suite CI runs: everything except the slow and gpu tiers
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)

@@ -533,6 +533,76 @@ class ArenaConfig:
         _positive("micro_batch_size", self.micro_batch_size)
 
 
+@dataclass
+class LengthBiasConfig:
+    """Length-bias diagnostics: ``python -m safe_rlhf.evaluate --config-name length_bias arena_dir=runs/arena``."""
+
+    # Which program runs this config (do not change).
+    recipe: str = "length_bias"
+    # Where summary.json and the plot go.
+    output_dir: str = "runs/length_bias"
+    # Seed (proportion sampling of the data spec).
+    seed: int = 42
+    # The reward model whose length correlation is measured.
+    reward_model: str = "runs/reward_model/model"
+    # Preference pairs to score (their labels' length preference is reported too).
+    data: DataConfig = field(default_factory=lambda: DataConfig(train="toyworld:preference_test", eval_fraction=0.0))
+    # An arena run directory (responses.jsonl): policy outputs for the correlation and the gain decomposition.
+    arena_dir: str | None = None
+    # The policy the reward gain is measured from.
+    baseline: str = "sft"
+    # Length buckets of the gain decomposition.
+    num_buckets: int = 5
+    # Pairs per forward pass.
+    batch_size: int = 32
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline: ``python -m safe_rlhf.pipeline`` (what ``make demo`` runs)."""
+
+    # Which program runs this config (do not change).
+    recipe: str = "pipeline"
+    # Every stage writes into a sub-directory of this one; summary.json and report.md go here.
+    output_dir: str = "runs/demo"
+    # Seed passed to every stage.
+    seed: int = 42
+    # Stages to run, in pipeline order (see safe_rlhf.pipeline.STAGES).
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias",
+            "report",
+        ]
+    )  # fmt: skip
+    # Skip a stage whose output already exists (an interrupted pipeline continues).
+    skip_existing: bool = True
+    # Command prefix of every stage: "" = this Python; e.g. "deepspeed --num_gpus 8 --master_port 29650".
+    launcher: str = ""
+    # Stages log only to metrics.jsonl (their consoles go to output_dir/logs/STAGE.log either way).
+    quiet: bool = True
+    # The PPO-Lag constraint threshold drawn in the report's plots.
+    threshold: float = 0.1
+    # Fixed lambdas of the reward-shaping baselines (one run each: a small and a large one).
+    shaping_lambdas: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # Extra overrides per stage (hydra syntax).
+    sft: list[str] = field(default_factory=list)
+    reward_model: list[str] = field(default_factory=list)
+    cost_model: list[str] = field(default_factory=list)
+    # Overrides shared by every RL stage (ppo, ppo_lag, reward shaping): the same budget for all of them.
+    rl: list[str] = field(default_factory=list)
+    ppo: list[str] = field(default_factory=list)
+    ppo_lag: list[str] = field(default_factory=list)
+    shaping: list[str] = field(default_factory=list)
+    arena: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        known = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias",
+                 "report")  # fmt: skip
+        for stage in self.stages:
+            _choice("stages[]", stage, known)
+
+
 RECIPE_SCHEMAS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": ScoreModelConfig,
@@ -542,6 +612,8 @@ RECIPE_SCHEMAS: dict[str, type] = {
     "ppo_lag": PPOConfig,
     "ppo_reward_shaping": PPOConfig,
     "arena": ArenaConfig,
+    "length_bias": LengthBiasConfig,
+    "pipeline": PipelineConfig,
 }
 
 

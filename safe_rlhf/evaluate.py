@@ -201,3 +201,96 @@ def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any
         sections.append(ReportSection(title=versus_key.replace("_", " "), table=rows))
     text = f"Cost threshold: {threshold}" if threshold is not None else ""
     return write_report(run_dir, "Arena", [*sections, ReportSection(title="Notes", text=text or "-")])
+
+
+class LengthBiasEvaluation:
+    """How much of the reward is length: the reward model's score-length correlation on preference pairs and on
+    policy outputs, how often the labels prefer the longer response, and each policy's reward gain over the baseline
+    split into the part explained by the shift in length and the part within length buckets::
+
+        python -m safe_rlhf.evaluate --config-name length_bias reward_model=runs/reward_model/model arena_dir=runs/arena
+    """
+
+    def __init__(self, config: Any, run_dir: str) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.engine: Any = None
+
+    def run(self) -> None:
+        from safe_rlhf.analysis import (
+            preference_length_stats,
+            read_records,
+            reward_gain_decomposition,
+            score_length_correlation,
+        )
+        from safe_rlhf.data import load_samples
+        from safe_rlhf.recipes.score_model import ScoreModelRecipe, gather_pairs, score_pairs
+        from safe_rlhf.score_model import load_score_model
+
+        config = self.config
+        try:
+            distributed.init_distributed()
+            write_run_files(self.run_dir, config)
+            tokenizer = engines.load_tokenizer(_model_config(config.reward_model))
+            model = load_score_model(config.reward_model)
+            ds_config = engines.deepspeed_config(
+                config.deepspeed, micro_batch_size=config.batch_size, gradient_accumulation_steps=1, trainable=False
+            )
+            self.engine = engines.frozen_engine(model, ds_config)
+            result = load_samples(config.data.train, kind="preference", on_error=config.data.on_error, seed=config.seed)
+            samples, items = ScoreModelRecipe._tokenize_with(
+                result.samples, tokenizer, config.data.max_length, config.data.on_error, regression=False
+            )
+            pairs = gather_pairs(
+                score_pairs(
+                    self.engine, samples, items, tokenizer.pad_token_id, config.batch_size, distributed.device()
+                )
+            )
+            if not distributed.is_main_process():
+                return
+            summary: dict[str, Any] = {
+                "preference_correlation": score_length_correlation(
+                    [s for p in pairs for s in p.scores], [float(n) for p in pairs for n in p.lengths]
+                ),
+                "preference_labels": preference_length_stats(
+                    [(float(p.lengths[p.better_id]), float(p.lengths[1 - p.better_id])) for p in pairs]
+                ),
+            }
+            summary["labels_prefer_longer"] = summary["preference_labels"].get("chosen_longer")
+            if config.arena_dir:
+                records = read_records(Path(config.arena_dir) / "responses.jsonl")
+                summary["policy_correlation"] = score_length_correlation(
+                    [r.reward for r in records], [float(r.length) for r in records]
+                )
+                baseline = [(float(r.length), r.reward) for r in records if r.policy == config.baseline]
+                decomposition = {}
+                for policy in dict.fromkeys(r.policy for r in records):
+                    if policy == config.baseline:
+                        continue
+                    after = [(float(r.length), r.reward) for r in records if r.policy == policy]
+                    full = reward_gain_decomposition(baseline, after, num_buckets=config.num_buckets)
+                    decomposition[policy] = {
+                        k: full[k]
+                        for k in (
+                            "total_gain",
+                            "length_shift_gain",
+                            "within_bucket_gain",
+                            "fraction_explained_by_length",
+                        )
+                    }
+                summary["gain_decomposition"] = decomposition
+                from safe_rlhf.analysis.plots import plot_length_hist
+
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                plot_length_hist(records, self.run_dir / "length_hist.png")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            print(json.dumps({k: v for k, v in summary.items() if isinstance(v, float)}), flush=True)
+        finally:
+            distributed.shutdown(self.engine)
+
+
+def _model_config(path: str) -> Any:
+    from safe_rlhf.config import ModelConfig
+
+    return ModelConfig(name_or_path=path)

@@ -11,6 +11,8 @@ _RECIPE_CLASSES = {
     "cost_model": "safe_rlhf.recipes.score_model:ScoreModelRecipe",
     "score_model": "safe_rlhf.evaluate:ScoreModelEvaluation",
     "arena": "safe_rlhf.evaluate:ArenaEvaluation",
+    "length_bias": "safe_rlhf.evaluate:LengthBiasEvaluation",
+    "pipeline": "safe_rlhf.pipeline:Pipeline",
     "ppo": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_lag": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_reward_shaping": "safe_rlhf.recipes.ppo:PPORecipe",

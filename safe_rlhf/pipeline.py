@@ -1,0 +1,201 @@
+"""The whole Safe RLHF pipeline as one command: every stage is an ordinary ``python -m safe_rlhf.train`` /
+``python -m safe_rlhf.evaluate`` run whose command is printed (and saved), so any stage can be rerun or changed.
+
+    python -m safe_rlhf.pipeline                                  # the toy-world demo (what `make demo` runs)
+    python -m safe_rlhf.pipeline output_dir=runs/demo2 seed=1
+    python -m safe_rlhf.pipeline 'stages=[sft,reward_model]'      # only some stages
+    # real models: a launcher prefix and per-stage overrides
+    python -m safe_rlhf.pipeline launcher='deepspeed --num_gpus 8 --master_port 29650' \\
+        "sft=['model=hf','model.name_or_path=/models/llama-3-8b','deepspeed=zero3']"   # quote items holding '='
+
+Stages (in order): sft, reward_model, cost_model, ppo, ppo_lag, ppo_reward_shaping (once per lambda in
+``shaping_lambdas``), arena (all policies on the held-out prompts), length_bias, report. A stage whose output exists
+is skipped (``skip_existing``), so an interrupted pipeline continues where it stopped. The results: ``summary.json``
+(one entry per policy), ``report.md`` with the plots, under ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from safe_rlhf.config import PipelineConfig
+
+STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias", "report")
+
+
+class Pipeline:
+    """Runs the stages as subprocesses, each with its printed command; then writes the summary and the report."""
+
+    def __init__(self, config: PipelineConfig, run_dir: str) -> None:
+        self.config = config
+        self.root = Path(run_dir)
+        self.started = time.perf_counter()
+        self.commands: list[str] = []
+
+    def _run(self, name: str, module: str, config_name: str, overrides: list[str], done: Path) -> None:
+        prefix = shlex.split(self.config.launcher) if self.config.launcher else [sys.executable]
+        runner = ["--module", module] if prefix[0].endswith("deepspeed") else ["-m", module]
+        if prefix[0].endswith("torchrun"):
+            runner = ["-m", module]
+        command = [*prefix, *runner, "--config-name", config_name, *overrides]
+        text = " ".join(shlex.quote(part) for part in command)
+        self.commands.append(text)
+        elapsed = time.perf_counter() - self.started
+        if self.config.skip_existing and done.exists():
+            print(f"[{elapsed:6.0f}s] {name}: done before ({done}); skipped", flush=True)
+            return
+        print(f"[{elapsed:6.0f}s] {name}: {text}", flush=True)
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as handle:
+            result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        if result.returncode != 0:
+            tail = log.read_text().splitlines()[-5:]
+            raise RuntimeError(f"stage {name} failed (exit {result.returncode}); log {log}: " + " | ".join(tail))
+
+    def policies(self) -> dict[str, Path]:
+        names = {"sft": self.root / "sft" / "model"}
+        for stage in ("ppo", "ppo_lag"):
+            if stage in self.config.stages:
+                names[stage] = self.root / stage / "model"
+        if "ppo_reward_shaping" in self.config.stages:
+            for value in self.config.shaping_lambdas:
+                # No dots in names: hydra would read "shaping_0.1" as a nested key.
+                names[f"shaping_{value:g}".replace(".", "p")] = self.root / f"ppo_reward_shaping_{value:g}" / "model"
+        return names
+
+    def run(self) -> None:
+        config, root = self.config, self.root
+        root.mkdir(parents=True, exist_ok=True)
+        stages = set(config.stages)
+        sft, reward, cost = root / "sft" / "model", root / "reward_model" / "model", root / "cost_model" / "model"
+        common = [f"seed={config.seed}", "logger=none" if config.quiet else "logger=console"]
+        if "sft" in stages:
+            self._run("sft", "safe_rlhf.train", "sft", [f"output_dir={root / 'sft'}", *common, *config.sft], sft)
+        for stage, target in (("reward_model", reward), ("cost_model", cost)):
+            if stage in stages:
+                overrides = [
+                    f"output_dir={root / stage}",
+                    f"model.name_or_path={sft}",
+                    *common,
+                    *getattr(config, stage),
+                ]
+                self._run(stage, "safe_rlhf.train", stage, overrides, target)
+        rl_inputs = [f"actor.name_or_path={sft}", f"reward_model={reward}", f"cost_model={cost}", *common]
+        for stage in ("ppo", "ppo_lag"):
+            if stage in stages:
+                overrides = [f"output_dir={root / stage}", *rl_inputs, *config.rl, *getattr(config, stage)]
+                self._run(stage, "safe_rlhf.train", stage, overrides, root / stage / "model")
+        if "ppo_reward_shaping" in stages:
+            for value in config.shaping_lambdas:
+                out = root / f"ppo_reward_shaping_{value:g}"
+                overrides = [f"output_dir={out}", *rl_inputs, *config.rl, f"lagrange.init={value}", *config.shaping]
+                self._run(
+                    f"ppo_reward_shaping_{value:g}", "safe_rlhf.train", "ppo_reward_shaping", overrides, out / "model"
+                )
+        arena = root / "arena"
+        if "arena" in stages:
+            policies = [f"+policies.{name}={path}" for name, path in self.policies().items()]
+            overrides = [f"output_dir={arena}", *policies, "baseline=sft", f"reward_model={reward}",
+                         f"cost_model={cost}", f"seed={config.seed}", *config.arena]  # fmt: skip
+            self._run("arena", "safe_rlhf.evaluate", "arena", overrides, arena / "summary.json")
+        if "length_bias" in stages:
+            overrides = [f"output_dir={root / 'length_bias'}", f"reward_model={reward}", f"arena_dir={arena}",
+                         f"seed={config.seed}"]  # fmt: skip
+            self._run(
+                "length_bias", "safe_rlhf.evaluate", "length_bias", overrides, root / "length_bias" / "summary.json"
+            )
+        (root / "commands.sh").write_text("#!/usr/bin/env bash\nset -e\n" + "\n".join(self.commands) + "\n")
+        if "report" in stages:
+            report = write_pipeline_report(root, self.policies(), config)
+            elapsed = time.perf_counter() - self.started
+            print(f"[{elapsed:6.0f}s] report: {report}", flush=True)
+            print(f"[{elapsed:6.0f}s] summary: {root / 'summary.json'}", flush=True)
+
+
+def pipeline_summary(arena_summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One entry per policy with the keys the demo promises (true_* only when ground truth exists)."""
+    result = {}
+    for name, values in arena_summary["policies"].items():
+        result[name] = {
+            "true_helpfulness": values.get("true_helpfulness"),
+            "true_harm_rate": values.get("true_harm_rate"),
+            "true_harm_rate_risky": values.get("true_harm_rate_risky"),
+            "harm_rate_by_severity": values.get("harm_rate_by_severity"),
+            "reward": values.get("mean_reward"),
+            "cost": values.get("mean_cost"),
+            "unsafe_rate": values.get("harmful_rate"),
+            "mean_length": values.get("mean_length"),
+        }
+    return result
+
+
+def write_pipeline_report(root: Path, policies: dict[str, Path], config: PipelineConfig) -> Path:
+    from safe_rlhf.analysis import ReportSection, summary_table, write_report
+    from safe_rlhf.analysis.plots import plot_training_curves
+
+    arena_summary = json.loads((root / "arena" / "summary.json").read_text())
+    summary = pipeline_summary(arena_summary)
+    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = root / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    curves = []
+    keys = ["train/reward", "train/cost", "train/unsafe_rate", "train/lambda_0", "train/cost_window_mean_0", "train/kl",
+            "train/response_length"]  # fmt: skip
+    for name, model_dir in policies.items():
+        metrics = model_dir.parent / "metrics.jsonl"
+        if name != "sft" and metrics.exists():
+            threshold = config.threshold if name == "ppo_lag" else None
+            curves.append(plot_training_curves(metrics, plots / f"curves_{name}.png", keys=keys, threshold=threshold))
+    table_keys = [
+        "true_helpfulness", "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1",
+        "harm_rate_by_severity.2", "harm_rate_by_severity.3", "reward", "cost", "unsafe_rate", "mean_length",
+    ]  # fmt: skip
+    arena_images = sorted((root / "arena" / "plots").glob("*.png"))
+    sections = [
+        ReportSection(
+            title="Policies on held-out prompts",
+            text=(
+                "Every policy answered the same held-out prompts; reward and cost are the trained models' scores, "
+                "true_* come from the toy world's ground-truth judges (harm rates are shares of all prompts; "
+                "_risky only over risky prompts). Cost > 0 means unsafe."
+            ),
+            table=summary_table(summary, table_keys),
+            images=arena_images,
+        ),
+        ReportSection(
+            title="Training curves", text="Reward, cost, lambda against its threshold, KL, length.", images=curves
+        ),
+    ]
+    length_bias = root / "length_bias" / "summary.json"
+    if length_bias.exists():
+        data = json.loads(length_bias.read_text())
+        rows = [{"policy": name, **values} for name, values in data.get("gain_decomposition", {}).items()]
+        text = (
+            f"Reward-length correlation on preference data: {data.get('preference_correlation', float('nan')):.3f}; "
+            f"on policy outputs: {data.get('policy_correlation', float('nan')):.3f}. "
+            f"Labels prefer the longer response in {data.get('labels_prefer_longer', float('nan')):.3f} of pairs."
+        )
+        images = sorted((root / "length_bias").glob("*.png"))
+        sections.append(ReportSection(title="Length bias", text=text, table=rows or None, images=images))
+    commands = (root / "commands.sh").read_text().splitlines()[2:]
+    sections.append(ReportSection(title="Commands", text="\n\n".join(f"`{c}`" for c in commands)))
+    return write_report(root, "Safe RLHF pipeline", sections)
+
+
+def main() -> None:
+    if not any(arg.startswith("--config-name") or arg == "-cn" for arg in sys.argv[1:]):
+        sys.argv[1:1] = ["--config-name", "pipeline"]
+    from safe_rlhf.train import main as train_main
+
+    train_main()
+
+
+if __name__ == "__main__":
+    main()
