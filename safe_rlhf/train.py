@@ -198,8 +198,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input", reported as one line instead of a traceback."""
     from safe_rlhf.config import ConfigError
     from safe_rlhf.engines import CheckpointError
+    from safe_rlhf.recipes.common import NonFiniteError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError]
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, NonFiniteError]
     try:
         from safe_rlhf.data import DataError
 
