@@ -98,3 +98,25 @@ def test_arena_compares_policies_and_writes_report(tmp_path, ppo_inputs):
     report = (run_dir / "report.md").read_text()
     assert "| sft |" in report and "plots/reward_cost_scatter.png" in report
     assert (run_dir / "plots" / "reward_cost_scatter.png").stat().st_size > 1000
+
+
+@pytest.mark.distributed
+def test_two_rank_ppo_lag_resume_after_sigterm_gives_the_same_metrics(tmp_path, ppo_inputs):
+    from tests.integration.test_sft import deepspeed_prefix
+
+    overrides = [*ppo_inputs, "deepspeed=zero2", "train.max_steps=6", "train.log_steps=1"]
+    reference_dir = tmp_path / "reference"
+    result = run_cli([*deepspeed_prefix(), "--config-name", "ppo_lag", f"output_dir={reference_dir}", *overrides])
+    assert result.returncode == 0, result.stderr[-3000:]
+    interrupted_dir = tmp_path / "interrupted"
+    stopped_at = _interrupted_then_resumed(
+        interrupted_dir, overrides, tuple(deepspeed_prefix()), config_name="ppo_lag", key="train/reward",
+        exit_codes=(-15, 1, 75), resume_prefix=tuple(deepspeed_prefix()),
+    )  # fmt: skip
+    assert 2 <= stopped_at < 6
+    reference = {m["step"]: m for m in read_metrics(reference_dir) if "train/reward" in m}
+    resumed = {m["step"]: m for m in read_metrics(interrupted_dir) if "train/reward" in m}
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):
+        for key in ("train/reward", "train/lambda_0", "train/actor_loss", "train/cost_window_mean_0"):
+            assert resumed[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-5), (step, key)
