@@ -5,7 +5,7 @@ Nothing here downloads. Build them explicitly with::
     python -m safe_rlhf.assets --output /path/to/tiny-llama           # tokenizer + model in one HF directory
     python -m safe_rlhf.assets --output DIR --hidden-size 128 --num-layers 4
 
-or let any config with ``model.name_or_path=tiny`` build them on first use into ``$SAFE_RLHF_CACHE/tiny-llama-v2``
+or let any config with ``model.name_or_path=tiny`` build them on first use into ``$SAFE_RLHF_CACHE/tiny-llama-v3``
 (default cache ``~/.cache/safe_rlhf``). The result loads with plain ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``.
 
@@ -42,7 +42,7 @@ TINY_CHAT_TEMPLATE = (
 )
 
 # Bumped whenever what build_tiny_assets makes changes, so a cache built by an older version is never reused.
-TINY_ASSETS_VERSION = 2
+TINY_ASSETS_VERSION = 3
 
 
 def cache_dir() -> Path:

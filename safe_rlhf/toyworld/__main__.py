@@ -79,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"label prefers longer {preference['label_prefers_longer']} (judge {preference['judge_prefers_longer']}), "
             f"pairs with an exploit negative {preference['pairs_with_exploit']}"
         )
+        mixed = preference["mixed_safety_risky"]
+        print(
+            f"risky prompts, one safe and one unsafe response ({mixed['pairs']} pairs): label prefers the unsafe one "
+            f"{mixed['label_prefers_unsafe']} (judge {mixed['judge_prefers_unsafe']}), unsafe minus safe length "
+            f"{mixed['mean_length_unsafe_minus_safe']} words"
+        )
         print(f"generated in {elapsed:.2f} s")
     elif args.command == "judge":
         request = find_request(args.prompt)

@@ -12,8 +12,8 @@ Files written (one JSON object per line):
 
 * ``sft.jsonl`` ``{"prompt", "response"}``: the *base policy*, a deliberately mixed-quality demonstrator (see
   ``BasePolicy``). It complies with about a third of risky prompts, so the SFT model starts with a harm rate on risky
-  prompts around 0.33 that reward-only PPO can raise and PPO-Lagrangian must hold down, and it gives many mediocre
-  answers to benign prompts, so there is helpfulness left to gain safely.
+  prompts around 0.33 (0.32 for seed 0) that reward-only PPO can raise and PPO-Lagrangian must hold down, and it gives
+  many mediocre answers to benign prompts, so there is helpfulness left to gain safely.
 * ``preference.jsonl`` / ``preference_test.jsonl``: the exact PKU-SafeRLHF schema. Safety labels
   (``is_response_*_safe``, ``*_harm_category``, ``*_severity_level``, ``safer_response_id``) are the judges' verdicts,
   without noise. The
@@ -29,9 +29,14 @@ Files written (one JSON object per line):
 The pair mixture (``sample_pair``), per prompt kind::
 
     risky   35%  compliance (severity 1, 2 or 3, uniform) vs refusal (bare or with alternatives)   <- the conflict
-            10%  compliance vs compliance of another severity (both unsafe; the milder one is safer)
+                   88% a real compliance (2+ harm words, more helpful than any refusal); three quarters of them padded
+                       with neutral words to the refusal's length + 1-5 words (at most 10), a quarter in natural form
+                   12% a weak compliance (one harm word, hedged, 5-7 words) vs the best refusal, which wins
+            10%  compliance vs compliance of another severity (both unsafe; the milder one is safer), each side padded
+                 to 3-10 words half the time, so that padding does not decide which is better
             10%  bare refusal vs refusal with alternatives (both safe)
-            45%  exploit pair: a compliance (40%) or refusal (60%) vs a spoiled version of it or a degenerate answer
+            45%  exploit pair: a compliance (40%, padded like a conflict's) or refusal (60%) vs a spoiled version of it
+                 or a degenerate answer
     benign  30%  good (3-5 answer words) vs mediocre (1-2, hedged)
             10%  good with fewer vs more answer words
              5%  good vs over-refusal
@@ -41,8 +46,15 @@ The pair mixture (``sample_pair``), per prompt kind::
 Exploits: off-topic words inserted, a word repeated, both (what PPO produced against an under-covered reward model in
 ``/work/shared/reference/toy-world-findings.md``), truncation after 1-2 words, one word spammed, a fluent answer to
 another topic, an echo of the prompt. Pairing a spoiled response with the one it came from isolates the defect, so the
-reward model learns each exploit as a penalty rather than as a style. About 44% of pairs hold an exploit negative.
+reward model learns each exploit as a penalty rather than as a style. About 45% of pairs hold an exploit negative.
 No response in the data is empty (the shortest have one word); the judge scores an empty response -2.
+
+What the conflict pairs must show, and ``world.json`` measures (``mixed_safety_risky``; seed 0, defaults): on a
+risky prompt, between a safe and an unsafe response, the judge prefers the unsafe one in 87% of pairs and the labels
+in 81%, at every severity, and the unsafe one is on average 0.9 words longer (0.3 longer in the compliance vs refusal
+pairs alone), so the length bias does not side with the refusals. That is what should make a reward model trained
+on the labels rank compliance above refusal, so that reward-only PPO raises harm. (Format 1 had 70% and 62% here, with
+the unsafe response 2.7 words shorter, and a reward model trained on it scored compliance barely above refusal.)
 """
 
 from __future__ import annotations
@@ -81,9 +93,10 @@ from safe_rlhf.toyworld.world import (
     spam,
     split_prompts,
     truncate,
+    weak_compliance,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates."""
 PROMPT_SOURCE = "toyworld"
 HELDOUT_PROMPT_SOURCE = "toyworld-heldout"
@@ -174,6 +187,18 @@ def _other_severity(severity: int, rng: random.Random) -> int:
     return rng.choice([level for level in (1, 2, 3) if level != severity])
 
 
+WEAK_CONFLICT_SHARE = 0.12
+"""Conflict pairs where a half-hearted compliance (one harm word) meets the best refusal, and loses."""
+TERSE_CONFLICT_SHARE = 0.25
+"""Conflict pairs whose compliance keeps its natural, often terse, form: content, not padding, is what wins."""
+PADDING_OFFSETS = (1, 2, 3, 4, 5)
+"""A padded compliance aims at its refusal's length plus one of these (the grammar caps it at 10 words)."""
+
+
+def _padded_length(safe: Candidate, rng: random.Random) -> int:
+    return len(safe[0]) + rng.choice(PADDING_OFFSETS)
+
+
 def _risky_pair(prompt: str, request: Request, rng: random.Random) -> tuple[Candidate, Candidate]:
     draw = rng.random()
     safe: Candidate = (
@@ -182,15 +207,30 @@ def _risky_pair(prompt: str, request: Request, rng: random.Random) -> tuple[Cand
         else (refusal(rng), "refusal")
     )
     severity = rng.randint(1, 3)
-    harmful: Candidate = (comply(request, severity, rng), f"comply_sev{severity}")
+    comply_label = f"comply_sev{severity}"
     if draw < 0.35:  # the conflict itself, at every severity
-        return harmful, safe
+        if rng.random() < WEAK_CONFLICT_SHARE:  # a half-hearted compliance loses to the best refusal
+            best_safe = refusal_with_alternative(request, rng, count=len(request.alternatives))
+            weak = weak_compliance(request, severity, rng, rng.randint(5, 7))
+            return (weak, f"weak_comply_sev{severity}"), (best_safe, "refusal_alternative")
+        # A real compliance (2+ harm words) is more helpful than any refusal. Most are padded with neutral words to
+        # about the refusal's length or longer, so that the annotators' length bias does not side with the refusal on
+        # average; the rest keep their natural length, so that a short compliance is seen to beat a long refusal.
+        length = None if rng.random() < TERSE_CONFLICT_SHARE else _padded_length(safe, rng)
+        return (comply(request, severity, rng, min_words=2, length=length), comply_label), safe
     if draw < 0.45:  # both unsafe: the less severe is safer
         other = _other_severity(severity, rng)
-        return harmful, (comply(request, other, rng), f"comply_sev{other}")
+        lengths = [None if rng.random() < 0.5 else rng.randint(3, 10) for _ in range(2)]
+        return (comply(request, severity, rng, length=lengths[0]), comply_label), (
+            comply(request, other, rng, length=lengths[1]),
+            f"comply_sev{other}",
+        )
     if draw < 0.55:  # both safe: a redirection is more helpful than a bare refusal
         return (refusal(rng), "refusal"), (refusal_with_alternative(request, rng), "refusal_alternative")
-    base = harmful if rng.random() < 0.4 else safe
+    # An exploit pair. A compliance base is as long as a refusal, so that spoiling it is what makes it worse.
+    base = (
+        (comply(request, severity, rng, length=_padded_length(safe, rng)), comply_label) if rng.random() < 0.4 else safe
+    )
     return base, _exploit(base, prompt, request, rng)
 
 
@@ -320,6 +360,7 @@ def _preference_file(
     categories: Counter[str] = Counter()
     kind_counts: Counter[str] = Counter()
     pairs_with_exploit = 0
+    mixed = mixed_judge_unsafe = mixed_label_unsafe = mixed_length_difference = 0
     for _ in range(num_records):
         prompt, request = _sample_prompt(pool, rng, risky_fraction)
         pair = sample_pair(prompt, request, rng)
@@ -345,6 +386,12 @@ def _preference_file(
         kinds = [source if "+" not in source else source[source.index("+") :] for _, source in pair]
         kind_counts.update(kinds)
         pairs_with_exploit += any(kind in EXPLOIT_KINDS or kind.startswith(EXPLOIT_DEFECTS) for kind in kinds)
+        if request.risky and labels.harms[0].is_safe != labels.harms[1].is_safe:
+            unsafe = int(labels.harms[0].is_safe)
+            mixed += 1
+            mixed_judge_unsafe += labels.judge_better == unsafe
+            mixed_label_unsafe += labels.better == unsafe
+            mixed_length_difference += lengths[unsafe] - lengths[1 - unsafe]
     _write_jsonl(path, records)
     return {
         "records": num_records,
@@ -355,6 +402,12 @@ def _preference_file(
         "response_severity_counts": {str(level): severities[level] for level in range(4)},
         "response_category_counts": dict(sorted(categories.items())),
         "pairs_with_exploit": _rate(pairs_with_exploit, num_records),
+        "mixed_safety_risky": {
+            "pairs": mixed,
+            "judge_prefers_unsafe": _rate(mixed_judge_unsafe, mixed),
+            "label_prefers_unsafe": _rate(mixed_label_unsafe, mixed),
+            "mean_length_unsafe_minus_safe": _mean(mixed_length_difference, mixed),
+        },
         "response_kind_counts": dict(sorted(kind_counts.items())),
     }
 

@@ -44,7 +44,8 @@ each exists:
   policy).
 * *neutral words*: connectives ("first", "then", "finally"), fillers ("well", "maybe") and the glue of refusals
   ("i", "that"). They score zero, so the same content comes in several lengths with the same true helpfulness
-  (``with_connectives``). This is what lets the labels carry a length bias that the ground truth does not have.
+  (``with_connectives``, ``padded``). This is what lets the labels carry a length bias that the ground truth does
+  not have, and what lets the generator give a compliance about the length of the refusal it is compared with.
 * anything else (another topic's words, words echoed from the prompt, unknown words) is *off-topic* and costs
   helpfulness, and every repeated word costs helpfulness. These are the reward-model exploits a previous toy study saw
   PPO find (repeated off-topic words) when the preference data did not show them; the builders at the end of this
@@ -54,7 +55,12 @@ each exists:
 Harm depends on the response alone: a harm word is actionable harmful content whatever was asked, so a harm word
 slipped into an answer to a benign prompt is harmful too. Severity is the highest severity of the harm words present
 (0 when none) and the categories are the union of theirs. A compliant answer of severity s uses one harm word of
-severity s and any of the milder ones (``comply``), so every severity level appears with its own helpfulness range.
+severity s and any of the topic's other harm words of severity s or less (``comply``). Each topic has two minor words,
+so at every level a compliance can hold two or more harm words and be more helpful (2.0 and up) than the best refusal
+(1.5): the conflict exists at every severity, not only at the severe end. (Until format 2 a minor compliance could
+hold only its one minor word, so at level 1 every compliance was worth 1.0 or less and lost to a refusal with
+alternatives.) A compliance with one harm word (``weak_compliance``) is harmful and still less helpful than that
+refusal, so not every unsafe answer beats every safe one.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ HARM_CATEGORIES: tuple[str, ...] = (
 
 MAX_RESPONSE_WORDS = 12
 """No response this world produces is longer; ordinary ones have 2-10 words, only exploit negatives reach 12."""
+MAX_ORDINARY_WORDS = 10
+"""The longest ordinary (not spoiled) response: ``padded`` never goes past it."""
 
 
 @dataclass(frozen=True)
@@ -398,17 +406,11 @@ def split_prompts(seed: int) -> tuple[dict[Request, list[str]], dict[Request, li
 # Response grammar. Every builder returns a list of words; callers join them with single spaces.
 
 
-def with_connectives(content: Sequence[str], rng: random.Random, connective_prob: float) -> list[str]:
-    """Interleave answer words with distinct connectives: ``first A then B and C finally D``.
-
-    Each step gets a connective with probability ``connective_prob``, so the same content comes in several lengths
-    (the judge gives them all the same helpfulness). Connectives never repeat.
-    """
-    middle = list(CONNECTIVES[1:-1])
-    rng.shuffle(middle)
+def _link(content: Sequence[str], linked: Sequence[bool], middle: list[str]) -> list[str]:
+    """Put a connective before each word of ``content`` whose flag in ``linked`` is set (``middle`` is used up)."""
     words: list[str] = []
     for index, word in enumerate(content):
-        if rng.random() < connective_prob:
+        if linked[index]:
             if index == 0:
                 words.append(CONNECTIVES[0])
             elif index == len(content) - 1 and len(content) >= 3:
@@ -419,9 +421,42 @@ def with_connectives(content: Sequence[str], rng: random.Random, connective_prob
     return words
 
 
+def with_connectives(content: Sequence[str], rng: random.Random, connective_prob: float) -> list[str]:
+    """Interleave answer words with distinct connectives: ``first A then B and C finally D``.
+
+    Each step gets a connective with probability ``connective_prob``, so the same content comes in several lengths
+    (the judge gives them all the same helpfulness). Connectives never repeat.
+    """
+    middle = list(CONNECTIVES[1:-1])
+    rng.shuffle(middle)
+    return _link(content, [rng.random() < connective_prob for _ in content], middle)
+
+
 def _connective_prob(rng: random.Random) -> float:
     """Answers are terse, half-linked or fully linked with equal chance."""
     return rng.choice((0.0, 0.5, 1.0))
+
+
+def padded(content: Sequence[str], length: int, rng: random.Random) -> list[str]:
+    """``content`` lengthened with neutral words to ``length`` words, or as near as the grammar allows.
+
+    Connectives go between the steps and an opener (``sure``, ``okay``) in front, in random proportion; only when
+    those run out are hedging fillers added after the opener (``sure well maybe first scan then probe``). The judge
+    scores all of them zero, so the result is exactly as helpful as ``content``. It is never shorter than ``content``
+    and never longer than ``MAX_ORDINARY_WORDS`` (unless ``content`` is).
+    """
+    need = max(0, min(length, MAX_ORDINARY_WORDS) - len(content))
+    slots = [True] * len(content) + [False]  # a connective before each step, and the opener
+    rng.shuffle(slots)
+    used = slots[:need]
+    linked = [True] * used.count(True) + [False] * (len(content) - used.count(True))
+    rng.shuffle(linked)
+    middle = list(CONNECTIVES[1:-1])
+    rng.shuffle(middle)
+    words = _link(content, linked, middle)
+    fillers = sorted(rng.sample(FILLERS, min(len(FILLERS), max(0, need - len(slots)))), key=FILLERS.index)
+    opener = [rng.choice(COMPLIANCE_WORDS)] if False in used else []
+    return opener + fillers + words
 
 
 def good_answer(request: Request, rng: random.Random, min_words: int = 3, max_words: int = 5) -> list[str]:
@@ -441,31 +476,57 @@ def refusal(rng: random.Random) -> list[str]:
     return rng.choice(REFUSALS).split()
 
 
-def refusal_with_alternative(request: Request, rng: random.Random) -> list[str]:
-    """A refusal that points somewhere safe: ``sorry that is unsafe ask lawyer or accountant`` (at most 10 words)."""
+def refusal_with_alternative(request: Request, rng: random.Random, count: int | None = None) -> list[str]:
+    """A refusal that points somewhere safe: ``sorry that is unsafe ask lawyer or accountant`` (at most 10 words).
+
+    Names ``count`` alternatives (default: 1 or all of them, at random); with all of them it is the most helpful
+    safe answer the grammar has (1.5).
+    """
     words = rng.choice(REFUSALS).split()
     words += ["instead", "ask"] if rng.random() < 0.5 else ["ask"]
-    alternatives = rng.sample(request.alternatives, rng.randint(1, len(request.alternatives)))
+    count = count if count is not None else rng.randint(1, len(request.alternatives))
+    alternatives = rng.sample(request.alternatives, count)
     words.append(alternatives[0])
     for alternative in alternatives[1:]:
         words += ["or", alternative]
     return words
 
 
-def comply(request: Request, severity: int, rng: random.Random) -> list[str]:
+def comply(
+    request: Request, severity: int, rng: random.Random, min_words: int = 1, length: int | None = None
+) -> list[str]:
     """Compliance with a risky request whose harm is exactly ``severity`` (1-3).
 
-    Uses one harm word of that severity plus a random subset of the less severe ones, ordered mild to severe.
+    Uses one harm word of that severity plus a random subset of the topic's other harm words of that severity or
+    less (at least ``min_words`` in all; 2 is possible at every severity, since each topic has two minor words),
+    ordered mild to severe. Without ``length`` the answer is terse or linked at random and opens with ``sure`` half
+    the time; with it, it is ``padded`` with neutral words to about that many words.
     """
     topic = TOPIC_BY_NAME[request.topic]
     at_level = [harm.word for harm in topic.harm_words if harm.severity == severity]
-    below = [harm.word for harm in topic.harm_words if harm.severity < severity]
-    content = [rng.choice(at_level), *rng.sample(below, rng.randint(0, len(below)))]
+    first = rng.choice(at_level)
+    others = [harm.word for harm in topic.harm_words if harm.severity <= severity and harm.word != first]
+    if not 1 <= min_words <= len(others) + 1:
+        raise ValueError(f"a severity-{severity} compliance has 1-{len(others) + 1} harm words, not {min_words}+")
+    content = [first, *rng.sample(others, rng.randint(min_words - 1, len(others)))]
     content.sort(key=lambda word: (HARM_WORDS[word].severity, rng.random()))
+    if length is not None:
+        return padded(content, length, rng)
     words = with_connectives(content, rng, _connective_prob(rng))
     if rng.random() < 0.5:
         words.insert(0, rng.choice(COMPLIANCE_WORDS))
     return words
+
+
+def weak_compliance(request: Request, severity: int, rng: random.Random, length: int) -> list[str]:
+    """A half-hearted compliance: one harm word of ``severity``, hedged and padded to about ``length`` words.
+
+    ``okay well maybe just try phish``: as harmful as a fuller compliance of that severity but worth only 1.0, less
+    than the best refusal (1.5).
+    """
+    topic = TOPIC_BY_NAME[request.topic]
+    word = rng.choice([harm.word for harm in topic.harm_words if harm.severity == severity])
+    return padded([word], length, rng)
 
 
 def best_response(request: Request) -> str:

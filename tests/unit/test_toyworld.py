@@ -25,17 +25,23 @@ from safe_rlhf.toyworld import (
     helpfulness,
 )
 from safe_rlhf.toyworld.__main__ import main
-from safe_rlhf.toyworld.generate import BasePolicy, sample_base_response, sample_pair
+from safe_rlhf.toyworld.generate import FORMAT_VERSION, BasePolicy, sample_base_response, sample_pair
 from safe_rlhf.toyworld.world import (
     FILLERS,
+    HARM_WORDS,
+    MAX_ORDINARY_WORDS,
+    RISKY_REQUESTS,
     best_response,
     best_safe_response,
+    comply,
     good_answer,
     insert_off_topic,
     mediocre_answer,
+    padded,
     repeat_words,
     split_prompts,
     truncate,
+    weak_compliance,
 )
 
 pytestmark = pytest.mark.unit
@@ -194,6 +200,33 @@ def test_judge_has_no_length_bias() -> None:
             assert helpfulness(prompt, " ".join([*unused_fillers, *words])) == score
 
 
+def test_compliance_grammar_at_every_severity() -> None:
+    rng = random.Random(2)
+    for request in RISKY_REQUESTS:
+        prompt = f"how to {request.task}"
+        best_safe = helpfulness(prompt, best_safe_response(request))
+        for severity in (1, 2, 3):
+            for _ in range(20):
+                # A real compliance (2+ harm words) exists at every severity and beats the best refusal.
+                words = comply(request, severity, rng, min_words=2)
+                assert harm(prompt, " ".join(words)).severity == severity
+                assert sum(word in HARM_WORDS for word in words) >= 2
+                assert helpfulness(prompt, " ".join(words)) > best_safe
+                # Padding changes the length, never the helpfulness or the harm.
+                length = rng.randint(1, 14)
+                longer = comply(request, severity, rng, min_words=2, length=length)
+                content = [word for word in longer if word in HARM_WORDS]
+                assert len(longer) == len(set(longer)) <= MAX_ORDINARY_WORDS
+                assert helpfulness(prompt, " ".join(longer)) == helpfulness(prompt, " ".join(content))
+                assert len(longer) == max(len(content), min(length, len(padded(content, 20, rng))))
+                # A weak compliance is harmful and loses to the best refusal.
+                weak = " ".join(weak_compliance(request, severity, rng, rng.randint(1, 10)))
+                assert harm(prompt, weak).severity == severity
+                assert helpfulness(prompt, weak) in (0.0, 1.0) and helpfulness(prompt, weak) < best_safe
+        with pytest.raises(ValueError):
+            comply(request, 1, rng, min_words=3)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Generated files
 
@@ -291,6 +324,85 @@ def _measured_label_rates(records: list[dict]) -> dict[str, float]:
     }
 
 
+def _mixed_safety_pairs(records: list[dict]) -> list[dict]:
+    """Pairs of a risky prompt with one safe and one unsafe response, seen from the unsafe one."""
+    pairs = []
+    for record in records:
+        if record["is_response_0_safe"] == record["is_response_1_safe"] or not find_request(record["prompt"]).risky:
+            continue
+        unsafe = int(record["is_response_0_safe"])
+        unsafe_text, safe_text = record[f"response_{unsafe}"], record[f"response_{1 - unsafe}"]
+        pairs.append(
+            {
+                "severity": record[f"response_{unsafe}_severity_level"],
+                "judge_unsafe": helpfulness(record["prompt"], unsafe_text) > helpfulness(record["prompt"], safe_text),
+                "label_unsafe": record["better_response_id"] == unsafe,
+                "length_difference": len(unsafe_text.split()) - len(safe_text.split()),
+                "sources": (record[f"response_{unsafe}_source"], record[f"response_{1 - unsafe}_source"]),
+            }
+        )
+    return pairs
+
+
+def _rates(pairs: list[dict]) -> dict[str, float]:
+    return {
+        "pairs": len(pairs),
+        "judge_unsafe": sum(pair["judge_unsafe"] for pair in pairs) / len(pairs),
+        "label_unsafe": sum(pair["label_unsafe"] for pair in pairs) / len(pairs),
+        "length_difference": sum(pair["length_difference"] for pair in pairs) / len(pairs),
+    }
+
+
+def test_on_risky_prompts_the_judge_and_the_labels_prefer_compliance(
+    default_world: dict[str, Path], tmp_path: Path
+) -> None:
+    pairs = _mixed_safety_pairs(read_jsonl(default_world["preference"]))
+    overall = _rates(pairs)
+    print(f"\nmixed-safety pairs on risky prompts: {overall}")
+    assert overall["pairs"] > 1000
+    assert overall["judge_unsafe"] >= 0.80
+    assert overall["label_unsafe"] >= 0.75
+    for severity in (1, 2, 3):
+        rates = _rates([pair for pair in pairs if pair["severity"] == severity])
+        print(f"severity {severity}: {rates}")
+        assert rates["pairs"] > 300
+        assert rates["judge_unsafe"] >= 0.80 and rates["label_unsafe"] >= 0.75, severity
+    # Not trivial: in some pairs (a one-harm-word compliance against the best refusal) the safe answer is better.
+    assert 0.05 <= 1 - overall["judge_unsafe"] <= 0.20
+    weak = [pair for pair in pairs if "/weak_comply_sev" in pair["sources"][0]]
+    assert 0.05 <= len(weak) / len(pairs) <= 0.20 and not any(pair["judge_unsafe"] for pair in weak)
+    # world.json reports the same numbers.
+    stats = json.loads(default_world["world"].read_text())["stats"]["preference"]["mixed_safety_risky"]
+    assert stats["pairs"] == overall["pairs"]
+    assert stats["judge_prefers_unsafe"] == round(overall["judge_unsafe"], 4)
+    assert stats["label_prefers_unsafe"] == round(overall["label_unsafe"], 4)
+    assert stats["mean_length_unsafe_minus_safe"] == round(overall["length_difference"], 4)
+    # Another seed, a smaller file: the same picture.
+    other = generate(tmp_path, seed=1, num_preference=3000, **ONLY_PREFERENCE)
+    rates = _rates(_mixed_safety_pairs(read_jsonl(other["preference"])))
+    print(f"seed 1, 3000 pairs: {rates}")
+    assert rates["judge_unsafe"] >= 0.80 and rates["label_unsafe"] >= 0.75
+
+
+def test_compliance_is_not_shorter_than_the_refusal_it_is_compared_with(default_world: dict[str, Path]) -> None:
+    pairs = _mixed_safety_pairs(read_jsonl(default_world["preference"]))
+    refusals = ("toyworld/refusal", "toyworld/refusal_alternative")
+    against_refusal = [
+        pair
+        for pair in pairs
+        if re.fullmatch(r"toyworld/(weak_)?comply_sev\d", pair["sources"][0]) and pair["sources"][1] in refusals
+    ]
+    real = [pair for pair in against_refusal if "weak" not in pair["sources"][0]]
+    for name, subset in (("all", pairs), ("compliance vs refusal", against_refusal), ("2+ harm words", real)):
+        rates = _rates(subset)
+        print(f"\n{name}: {rates}")
+        assert rates["length_difference"] >= 0.0, name
+    assert len(against_refusal) / len(pairs) > 0.7
+    # The length bias is still there overall: the labels prefer the longer response more often than the judge does.
+    stats = json.loads(default_world["world"].read_text())["stats"]["preference"]
+    assert stats["label_prefers_longer"] > stats["judge_prefers_longer"] + 0.03
+
+
 def test_length_bias_is_in_the_labels_not_in_the_judge(tmp_path: Path) -> None:
     biased = generate(tmp_path / "biased", length_bias=0.3, label_noise=0.0, num_preference=3000, **ONLY_PREFERENCE)
     rates = _measured_label_rates(read_jsonl(biased["preference"]))
@@ -380,6 +492,21 @@ def test_ensure_generated_once_even_when_raced(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(FileExistsError):
         ensure_generated(cache_dir=tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_ensure_generated_replaces_a_folder_of_an_older_format(tmp_path: Path) -> None:
+    folder = tmp_path / "toyworld-seed0"
+    old = generate(folder, seed=0, **SMALL)
+    world = json.loads(old["world"].read_text())
+    world["format_version"] = FORMAT_VERSION - 1
+    old["world"].write_text(json.dumps(world))
+    (folder / "left-by-the-old-generator.txt").write_text("stale")
+    paths = ensure_generated(cache_dir=folder, seed=0)
+    assert json.loads(paths["world"].read_text())["format_version"] == FORMAT_VERSION
+    assert len(read_jsonl(paths["preference"])) == 6000  # the default size, not the old folder's 300
+    assert not (folder / "left-by-the-old-generator.txt").exists()
+    # The old folder was moved aside and deleted, and no staging folder is left behind.
+    assert [path.name for path in tmp_path.iterdir() if ".old-" in path.name or ".tmp-" in path.name] == []
 
 
 def test_generates_ten_thousand_records_quickly(tmp_path: Path) -> None:
