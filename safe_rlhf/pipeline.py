@@ -152,7 +152,15 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
         metrics = model_dir.parent / "metrics.jsonl"
         if name != "sft" and metrics.exists():
             threshold = config.threshold if name == "ppo_lag" else None
-            curves.append(plot_training_curves(metrics, plots / f"curves_{name}.png", keys=keys, threshold=threshold))
+            curves.append(
+                plot_training_curves(
+                    metrics,
+                    plots / f"curves_{name}.png",
+                    keys=keys,
+                    threshold=threshold,
+                    threshold_keys=["train/cost_window_mean_0"],  # the constrained quantity (J_C in the multiplier)
+                )
+            )
     table_keys = [
         "true_helpfulness", "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1",
         "harm_rate_by_severity.2", "harm_rate_by_severity.3", "reward", "cost", "unsafe_rate", "mean_length",

@@ -63,8 +63,12 @@ def plot_training_curves(
     out_png: str | Path,
     keys: Sequence[str] | None = None,
     threshold: float | None = None,
+    threshold_keys: Sequence[str] | None = None,
 ) -> Path:
     """One subplot per metric key over ``step`` (the row index where a row has no step).
+
+    ``threshold_keys``: the keys the threshold line is drawn on (default: every cost-like key). A constraint on the
+    unsafe rate compares with the cost window, not with the raw cost score, so callers that know say which.
 
     ``metrics``: the path of a ``metrics.jsonl`` (one ``{"step": ..., key: value}`` object per line) or the rows.
     ``keys``: the keys to plot, in order; by default every key with a numeric value, in order of first appearance.
@@ -96,7 +100,8 @@ def plot_training_curves(
     for index, (key, (steps, values)) in enumerate(curves.items()):
         axes = figure.add_subplot(rows_of_plots, columns, index + 1)
         axes.plot(steps, values, marker="." if len(values) < 50 else None, linewidth=1.2)
-        if threshold is not None and is_cost_like(key):
+        wanted = is_cost_like(key) if threshold_keys is None else key in threshold_keys
+        if threshold is not None and wanted:
             axes.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.0, label=f"threshold {threshold:g}")
             axes.legend(fontsize="small")
         axes.set_title(key, fontsize="medium")
