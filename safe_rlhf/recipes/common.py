@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from safe_rlhf import distributed
+from safe_rlhf.logger import MetricLogger, config_to_dict
 
 T = TypeVar("T")
 
@@ -223,3 +224,33 @@ class paused_learning_rate:
     def __exit__(self, *exc: object) -> None:
         for group, lr in zip(self.engine.optimizer.param_groups, self.saved):
             group["lr"] = lr
+
+
+def create_logger(config: Any, run_dir: Any, total_steps: int, description: str) -> MetricLogger:
+    """The run's metric logger from ``config.logger`` (rank 0 logs; the others get a no-op one)."""
+    return MetricLogger(
+        run_dir,
+        config.logger.backends,
+        project=config.logger.project,
+        run_name=config.logger.run_name,
+        wandb_mode=config.logger.wandb_mode,
+        config=config_to_dict(config),
+        total_steps=total_steps,
+        description=description,
+    )
+
+
+def save_or_stop(
+    step: int, total_steps: int, save_steps: int, watcher: PreemptionWatcher, save: Any, logger: MetricLogger
+) -> bool:
+    """End-of-step bookkeeping shared by the recipes: the periodic checkpoint, and on a preemption signal a checkpoint
+    at this step boundary (unless one was just written). Returns True when the run must stop for a requeue."""
+    saved = bool(save_steps) and step % save_steps == 0
+    if saved:
+        save()
+    if step < total_steps and watcher.should_stop():
+        if not saved:
+            save()
+        logger.message(f"stopping at step {step} on signal {watcher.received}; resume=auto continues")
+        return True
+    return False

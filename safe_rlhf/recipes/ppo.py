@@ -47,7 +47,7 @@ from safe_rlhf.algorithms import (
 )
 from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import PPOConfig
-from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
+from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
@@ -56,6 +56,8 @@ from safe_rlhf.recipes.common import (
     PreemptionWatcher,
     all_finite,
     chunks,
+    create_logger,
+    save_or_stop,
     seed_everything,
     shard,
     to_device,
@@ -132,16 +134,7 @@ class PPORecipe:
             )
             for threshold in lagrange.thresholds
         ]
-        self.logger = MetricLogger(
-            self.run_dir,
-            config.logger.backends,
-            project=config.logger.project,
-            run_name=config.logger.run_name,
-            wandb_mode=config.logger.wandb_mode,
-            config=config_to_dict(config),
-            total_steps=self.total_steps,
-            description=self.variant,
-        )
+        self.logger = create_logger(config, self.run_dir, self.total_steps, self.variant)
         checkpoint = engines.find_checkpoint(train.resume, self.run_dir)
         if checkpoint is not None:
             state = engines.load_checkpoint(checkpoint, self.trainable_engines())
@@ -554,12 +547,7 @@ class PPORecipe:
                 raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(write=False), step=self.step)
-            if config.save_steps and self.step % config.save_steps == 0:
-                self.save_checkpoint()
-            if self.step < self.total_steps and watcher.should_stop():
-                if not (config.save_steps and self.step % config.save_steps == 0):
-                    self.save_checkpoint()
-                self.logger.message(f"stopping at step {self.step} on signal {watcher.received}; resume=auto continues")
+            if save_or_stop(self.step, self.total_steps, config.save_steps, watcher, self.save_checkpoint, self.logger):
                 self.preempted = True
                 break
         watcher.uninstall()

@@ -35,7 +35,7 @@ import torch
 from safe_rlhf import distributed, engines
 from safe_rlhf.algorithms import cost_model_loss, multi_attribute_regression_loss, reward_model_loss
 from safe_rlhf.config import ScoreModelConfig
-from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
+from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
@@ -44,7 +44,9 @@ from safe_rlhf.recipes.common import (
     PreemptionWatcher,
     all_finite,
     chunks,
+    create_logger,
     paused_learning_rate,
+    save_or_stop,
     seed_everything,
     shard,
     split_train_eval,
@@ -207,16 +209,7 @@ class ScoreModelRecipe:
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.engine = engines.trainable_engine(model, ds_config, config.optim, self.total_steps, config.deepspeed)
-        self.logger = MetricLogger(
-            self.run_dir,
-            config.logger.backends,
-            project=config.logger.project,
-            run_name=config.logger.run_name,
-            wandb_mode=config.logger.wandb_mode,
-            config=config_to_dict(config),
-            total_steps=self.total_steps,
-            description=config.recipe,
-        )
+        self.logger = create_logger(config, self.run_dir, self.total_steps, config.recipe)
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
         if checkpoint is not None:
             state = engines.load_checkpoint(checkpoint, {"score_model": self.engine})
@@ -414,12 +407,7 @@ class ScoreModelRecipe:
                 raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.flat_metrics(self.evaluate()), step=self.step)
-            if config.save_steps and self.step % config.save_steps == 0:
-                self.save_checkpoint()
-            if self.step < self.total_steps and watcher.should_stop():
-                if not (config.save_steps and self.step % config.save_steps == 0):
-                    self.save_checkpoint()
-                self.logger.message(f"stopping at step {self.step} on signal {watcher.received}; resume=auto continues")
+            if save_or_stop(self.step, self.total_steps, config.save_steps, watcher, self.save_checkpoint, self.logger):
                 self.preempted = True
                 break
         watcher.uninstall()

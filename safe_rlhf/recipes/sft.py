@@ -25,7 +25,7 @@ import torch
 from safe_rlhf import distributed, engines
 from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import SFTConfig
-from safe_rlhf.logger import MetricLogger, config_to_dict, write_run_files
+from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
@@ -34,7 +34,9 @@ from safe_rlhf.recipes.common import (
     PreemptionWatcher,
     all_finite,
     chunks,
+    create_logger,
     paused_learning_rate,
+    save_or_stop,
     seed_everything,
     shard,
     split_train_eval,
@@ -106,16 +108,7 @@ class SFTRecipe:
         self.engine = engines.trainable_engine(
             self.loaded.model, ds_config, config.optim, self.total_steps, config.deepspeed
         )
-        self.logger = MetricLogger(
-            self.run_dir,
-            config.logger.backends,
-            project=config.logger.project,
-            run_name=config.logger.run_name,
-            wandb_mode=config.logger.wandb_mode,
-            config=config_to_dict(config),
-            total_steps=self.total_steps,
-            description="sft",
-        )
+        self.logger = create_logger(config, self.run_dir, self.total_steps, "sft")
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
         if checkpoint is not None:
             state = engines.load_checkpoint(checkpoint, {"policy": self.engine})
@@ -239,13 +232,8 @@ class SFTRecipe:
                 raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(), step=self.step)
-            if config.save_steps and self.step % config.save_steps == 0:
-                self.save_checkpoint()
-            if self.step < self.total_steps and watcher.should_stop():
-                # Preempted: keep everything up to this step and let the batch script requeue the job.
-                if not (config.save_steps and self.step % config.save_steps == 0):
-                    self.save_checkpoint()
-                self.logger.message(f"stopping at step {self.step} on signal {watcher.received}; resume=auto continues")
+            # Preempted: keep everything up to this step and let the batch script requeue the job.
+            if save_or_stop(self.step, self.total_steps, config.save_steps, watcher, self.save_checkpoint, self.logger):
                 self.preempted = True
                 break
         watcher.uninstall()
