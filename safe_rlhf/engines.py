@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,6 +337,32 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
     return path
 
 
+@contextlib.contextmanager
+def restricted_torch_load() -> Iterator[None]:
+    """Make DeepSpeed's checkpoint loading use ``torch.load(weights_only=True)``.
+
+    DeepSpeed calls ``torch.load(..., weights_only=False)``, i.e. unrestricted pickle. Its checkpoints hold only
+    tensors, plain containers and a few DeepSpeed classes, so they load with the restricted unpickler once those are
+    allowed; anything else in a checkpoint file (code a forged file would run) is refused.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    original = torch.load
+
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        torch.load = weights_only_load  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            torch.load = original  # type: ignore[assignment]
+
+
 def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     """Verify, then restore engines, RNG states and return the trainer state saved by :func:`save_checkpoint`."""
     verify_checkpoint(path)
@@ -348,11 +376,21 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: has no state for {', '.join(missing)}")
     for name, engine in engines.items():
         try:
-            load_path, _ = engine.load_checkpoint(
-                str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
-            )
+            with restricted_torch_load():
+                load_path, _ = engine.load_checkpoint(
+                    str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+                )
         except Exception as error:  # DeepSpeed raises many kinds; name the file
-            raise CheckpointError(f"{path / name}: cannot load ({type(error).__name__}: {error})") from None
+            import re
+
+            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            if refused:
+                raise CheckpointError(
+                    f"{path / name}: refused to unpickle {refused.group(1)} (checkpoints hold tensors and DeepSpeed "
+                    "state only); resume only from checkpoints you trust"
+                ) from None
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CheckpointError(f"{path / name}: cannot load ({type(error).__name__}: {first_line})") from None
         if load_path is None:
             raise CheckpointError(f"{path / name}: no DeepSpeed checkpoint found")
     rng_file = path / f"rng_state_rank{distributed.rank()}.pt"

@@ -79,3 +79,27 @@ def test_ppo_lag_skips_a_non_finite_iteration(tmp_path, safe_rlhf_cache):
     assert reports and all(line.startswith("iteration 2 (rank 0)") for line in reports)
     rows = {m["step"]: m for m in read_metrics(run_dir) if "train/reward" in m}
     assert rows[1]["train/nonfinite_steps"] == 0 and rows[3]["train/nonfinite_steps"] == 1
+
+
+class Payload:
+    """Not a class any checkpoint may hold: unpickling it must be refused."""
+
+
+@pytest.mark.integration
+def test_a_checkpoint_with_foreign_pickled_objects_is_refused(tmp_path, safe_rlhf_cache):
+    from safe_rlhf.engines import write_manifest
+
+    run_dir = tmp_path / "forged"
+    overrides = [f"output_dir={run_dir}", *FAST, "train.max_steps=2", "train.save_steps=2", "train.export=false"]
+    assert train_cli(overrides).returncode == 0
+    checkpoint = run_dir / "checkpoints" / "step-2"
+    shard = next((checkpoint / "policy").rglob("*model_states.pt"))
+    state = torch.load(shard, weights_only=True)
+    state["extra"] = Payload()
+    torch.save(state, shard)
+    write_manifest(checkpoint)  # a forger rewrites the manifest too: the restricted unpickler must still refuse
+    result = train_cli([*overrides, "train.max_steps=4", "train.resume=auto"])
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "refused to unpickle tests.integration.test_faults.Payload" in errors[0]
+    assert "step-2/policy" in errors[0]
