@@ -222,7 +222,10 @@ class PPORecipe:
             raise ValueError(f"recipe {self.variant} needs cost_model (a trained cost model directory)")
         if self.uses_cost_critic:
             count = len(config.lagrange.thresholds)
-            cost_critic = load_score_model(config.cost_model, score_dim=count, dtype=dtype, new_head=False)
+            # One value head per constraint: a K-output cost model gives its head to the critic; otherwise the
+            # critic keeps the cost model's backbone with a fresh K-output head.
+            fresh_head = int(self.cost_metadata.get("score_dim", 1)) != count
+            cost_critic = load_score_model(config.cost_model, score_dim=count, dtype=dtype, new_head=fresh_head)
             engines.disable_dropout(cost_critic)
             self.engines["cost_critic"] = engines.trainable_engine(
                 cost_critic, train_ds, config.critic_optim, optimizer_steps, settings

@@ -120,3 +120,20 @@ def test_two_rank_ppo_lag_resume_after_sigterm_gives_the_same_metrics(tmp_path, 
     for step in range(1, 7):
         for key in ("train/reward", "train/lambda_0", "train/actor_loss", "train/cost_window_mean_0"):
             assert resumed[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+@pytest.mark.integration
+def test_two_constraints_and_ptx(tmp_path, ppo_inputs):
+    """A mean-cost and an unsafe-rate constraint from one cost-model output, each with its own multiplier, plus the
+    ptx term on SFT data."""
+    run_dir = tmp_path / "two-constraints"
+    overrides = [f"output_dir={run_dir}", *ppo_inputs, "train.max_steps=2", "lagrange.thresholds=[-100.0,1.0]",
+                 "lagrange.constraint_types=[mean,rate]", "lagrange.cost_indices=[0,0]", "data.ptx=toyworld:sft",
+                 "ppo.ptx_coeff=1.0"]  # fmt: skip
+    result = train_cli(overrides, config_name="ppo_lag")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [m for m in read_metrics(run_dir) if "train/lambda_1" in m]
+    assert [m["step"] for m in rows] == [1, 2]
+    # Constraint 0 (mean cost <= -100) is violated: its lambda grows; constraint 1 (unsafe rate <= 1) never is.
+    assert rows[-1]["train/lambda_0"] > 1.0 > rows[-1]["train/lambda_1"]
+    assert 0.0 <= rows[-1]["train/episode_cost_1"] <= 1.0  # a rate
