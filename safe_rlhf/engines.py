@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from safe_rlhf import distributed
-from safe_rlhf.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+from safe_rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimizerConfig
 
 
 class CheckpointError(RuntimeError):
@@ -89,7 +89,7 @@ def load_tokenizer(model_config: ModelConfig) -> Any:
     path = resolve_model_path(model_config.tokenizer or model_config.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer at {path} has pad_token_id={tokenizer.pad_token_id} and eos_token_id={tokenizer.eos_token_id}; "
             "the pad token must exist and differ from eos (add a dedicated pad token to the tokenizer)"
         )

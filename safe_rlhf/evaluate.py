@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from safe_rlhf import distributed, engines
-from safe_rlhf.config import ScoreEvalConfig
+from safe_rlhf.config import ConfigError, ScoreEvalConfig
 from safe_rlhf.logger import write_run_files
 
 
@@ -153,7 +153,7 @@ class ArenaEvaluation:
 
         config = self.config
         if not config.policies:
-            raise ValueError("no policies to compare: add some, e.g. +policies.sft=runs/sft/model")
+            raise ConfigError("no policies to compare: add some, e.g. +policies.sft=runs/sft/model")
         distributed.init_distributed()
         try:
             write_run_files(self.run_dir, config)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from safe_rlhf import distributed
+from safe_rlhf.config import ConfigError
 from safe_rlhf.logger import MetricLogger, config_to_dict
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ def total_steps(num_samples: int, batch_size: int, epochs: int, max_steps: int) 
     if max_steps > 0:
         steps = min(steps, max_steps)
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{num_samples} training samples make no full batch of train.batch_size={batch_size}; "
             "lower train.batch_size or add data"
         )

@@ -46,7 +46,7 @@ from safe_rlhf.algorithms import (
     scaled_scores,
 )
 from safe_rlhf.algorithms.sft import sft_loss_sum
-from safe_rlhf.config import PPOConfig
+from safe_rlhf.config import ConfigError, PPOConfig
 from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
@@ -115,7 +115,10 @@ class PPORecipe:
         steps = self.schedule.steps_per_epoch * train.epochs
         self.total_steps = min(steps, train.max_steps) if train.max_steps > 0 else steps
         if self.total_steps == 0:
-            raise ValueError(f"{len(self.prompt_items)} prompts make no rollout batch of {train.rollout_batch_size}")
+            raise ConfigError(
+                f"{len(self.prompt_items)} prompts make no rollout batch of train.rollout_batch_size="
+                f"{train.rollout_batch_size}; lower it or add prompts"
+            )
         optimizer_steps = self.total_steps * config.ppo.ppo_epochs * (train.rollout_batch_size // train.mini_batch_size)
         self._setup_engines(optimizer_steps)
         self.num_constraints = len(config.lagrange.thresholds)
@@ -219,7 +222,7 @@ class PPORecipe:
             self.cost_metadata = score_metadata(cost_model)
             self.engines["cost_model"] = engines.frozen_engine(cost_model, frozen_ds)
         elif self.variant != "ppo":
-            raise ValueError(f"recipe {self.variant} needs cost_model (a trained cost model directory)")
+            raise ConfigError(f"recipe {self.variant} needs cost_model=DIR (a trained cost model directory)")
         if self.uses_cost_critic:
             count = len(config.lagrange.thresholds)
             # One value head per constraint: a K-output cost model gives its head to the critic; otherwise the

@@ -103,3 +103,14 @@ def test_a_checkpoint_with_foreign_pickled_objects_is_refused(tmp_path, safe_rlh
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "refused to unpickle tests.integration.test_faults.Payload" in errors[0]
     assert "step-2/policy" in errors[0]
+
+
+@pytest.mark.integration
+def test_an_empty_training_set_stops_at_start_up_with_one_line(tmp_path, safe_rlhf_cache):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = train_cli([f"output_dir={tmp_path / 'run'}", f"data.train=sft:{empty}", "data.eval_fraction=0.0", *FAST])
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "0 training samples make no full batch of train.batch_size=16" in errors[0]
+    assert "Traceback" not in result.stderr
