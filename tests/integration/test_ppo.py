@@ -60,7 +60,8 @@ def test_ppo_lag_resume_after_sigterm_gives_the_same_metrics(tmp_path, ppo_input
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("gather_weights", [True, False])
+# Layer-by-layer gathering (synced_gpus) is the slower path here; it runs in the slow tier.
+@pytest.mark.parametrize("gather_weights", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_two_rank_zero3_ppo_lag_under_the_deepspeed_launcher(tmp_path, ppo_inputs, gather_weights):
     run_dir = tmp_path / f"z3-{gather_weights}"
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
@@ -100,6 +101,8 @@ def test_arena_compares_policies_and_writes_report(tmp_path, ppo_inputs):
     assert (run_dir / "plots" / "reward_cost_scatter.png").stat().st_size > 1000
 
 
+# Slow tier (about 80 s): keeps `make test` under 15 minutes on 2 cores; `make test-slow` runs it.
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_ppo_lag_resume_after_sigterm_gives_the_same_metrics(tmp_path, ppo_inputs):
     from tests.integration.test_sft import deepspeed_prefix

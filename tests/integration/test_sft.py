@@ -197,6 +197,8 @@ def deepspeed_prefix(ranks: int = 2) -> list[str]:
     return [deepspeed, "--num_gpus", str(ranks), "--master_port", str(find_free_port()), "--module", "safe_rlhf.train"]
 
 
+# Slow tier (about 80 s): keeps `make test` under 15 minutes on 2 cores; `make test-slow` runs it.
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_zero3_sft_resume_after_sigterm_gives_the_same_loss_sequence(tmp_path, safe_rlhf_cache):
     overrides = ["deepspeed=zero3", *FAST, "train.max_steps=16", "train.eval_steps=0", "train.export=false"]
