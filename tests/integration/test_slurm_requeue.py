@@ -45,6 +45,8 @@ def _stubs(directory: Path) -> Path:
     return directory
 
 
+# Slow tier (about 90 s): keeps `make test` under 15 minutes on 2 cores; `make test-slow` runs it.
+@pytest.mark.slow
 @pytest.mark.integration
 def test_preempted_slurm_job_requeues_and_resumes_to_the_same_losses(tmp_path, safe_rlhf_cache):
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "job"
