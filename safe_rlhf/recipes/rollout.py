@@ -8,6 +8,7 @@ token the policy produced (up to and including its first EOS).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -83,16 +84,47 @@ def policy_log_probs(
     return gather_log_probs(logits[:, :-1] / temperature, input_ids[:, 1:])
 
 
-@contextlib.contextmanager
-def gathered_weights(engine: Any, zero_stage: int, enabled: bool) -> Any:
-    """Under ZeRO-3, gather every actor parameter once for a whole generate() call (instead of per layer per token)."""
-    if zero_stage == 3 and enabled:
-        import deepspeed
+def _zero3_parameter_offload(engine: Any) -> Any:
+    """The object that owns a ZeRO-3 engine's per-module fetch/release hooks (``forward_hooks``, ``backward_hooks``).
 
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-            yield
-    else:
+    A trainable engine keeps it at ``engine.optimizer.parameter_offload``; an engine without an optimizer has a
+    ``DeepSpeedZeRoOffload`` as its ``optimizer``."""
+    optimizer = getattr(engine, "optimizer", None)
+    offload = getattr(optimizer, "parameter_offload", None) or optimizer
+    if offload is None or not hasattr(offload, "forward_hooks") or not hasattr(offload, "_register_deepspeed_module"):
+        raise RuntimeError(f"cannot find the ZeRO-3 parameter hooks of {type(engine).__name__} (DeepSpeed changed?)")
+    return offload
+
+
+@contextlib.contextmanager
+def gathered_weights(engine: Any, zero_stage: int, enabled: bool) -> Iterator[None]:
+    """Under ZeRO-3, hold every actor parameter gathered for a whole generate() call, with ZeRO's hooks removed.
+
+    Why the hooks must go: gathering alone is not enough. ZeRO-3 registers a pre- and post-forward hook on every
+    submodule that fetches (all-gathers) its parameters and releases (re-partitions) them again. With those hooks in
+    place, the first forward inside ``GatheredParameters`` re-partitions the weights and every later token gathers
+    them again with collectives; a rank whose responses all end early stops issuing them while another rank still
+    generates, and the collectives no longer match (gloo: "Received data size doesn't match expected size", NCCL: a
+    hang or wrong weights). With the hooks removed, a forward issues no collective at all, so ranks may stop
+    generating at different steps (``synced_gpus=False``). The hooks are registered again on the way out, even when
+    generation raised, before the parameters are re-partitioned (DeepSpeed's own ``unwrap_model_for_generation``
+    does the same, without the restore on error).
+    """
+    if zero_stage != 3 or not enabled:
         yield
+        return
+    import deepspeed
+
+    offload = _zero3_parameter_offload(engine)
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            # Re-registering also invalidates the prefetch trace, which re-records on the next forward.
+            offload._register_deepspeed_module(offload.module)
 
 
 @torch.no_grad()

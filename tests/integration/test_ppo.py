@@ -10,7 +10,7 @@ import pytest
 
 from safe_rlhf.distributed import find_free_port
 from tests.conftest import run_cli, train_cli
-from tests.integration.ppo_helpers import ppo_overrides
+from tests.integration.ppo_helpers import build_two_path_actor, ppo_overrides
 from tests.integration.sft_helpers import read_metrics
 from tests.integration.test_sft import _interrupted_then_resumed
 
@@ -59,24 +59,40 @@ def test_ppo_lag_resume_after_sigterm_gives_the_same_metrics(tmp_path, ppo_input
             assert resumed[step][key] == pytest.approx(reference[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
+@pytest.fixture(scope="module")
+def two_path_actor(tmp_path_factory, safe_rlhf_cache):
+    return build_two_path_actor(tmp_path_factory.mktemp("two-path-actor") / "actor")
+
+
 @pytest.mark.distributed
-# Layer-by-layer gathering (synced_gpus) is the slower path here; it runs in the slow tier.
-@pytest.mark.parametrize("gather_weights", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_two_rank_zero3_ppo_lag_under_the_deepspeed_launcher(tmp_path, ppo_inputs, gather_weights):
+@pytest.mark.parametrize("gather_weights", [True, False])
+def test_two_rank_zero3_ppo_lag_with_ranks_that_stop_generating_at_different_steps(
+    tmp_path, ppo_inputs, two_path_actor, gather_weights
+):
+    """One prompt per rank and an actor whose response is either 2 tokens or runs to the limit: in some iterations
+    one rank has finished generating while the other still samples. Before the fix, gathered generation kept ZeRO-3's
+    per-module hooks, which issued collectives on every token, and this run died with gloo's "Received data size
+    doesn't match expected size"."""
     run_dir = tmp_path / f"z3-{gather_weights}"
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    overrides = [o for o in ppo_inputs if not o.startswith(("train.", "actor.", "generation."))]
     command = [deepspeed, "--num_gpus", "2", "--master_port", str(find_free_port()), "--module", "safe_rlhf.train",
-               "--config-name", "ppo_lag", f"output_dir={run_dir}", "deepspeed=zero3", *ppo_inputs,
-               "train.max_steps=2", "train.save_steps=2", f"generation.gather_weights={gather_weights}"]  # fmt: skip
+               "--config-name", "ppo_lag", f"output_dir={run_dir}", "deepspeed=zero3", *overrides,
+               f"actor.name_or_path={two_path_actor}", "train.rollout_batch_size=2", "train.mini_batch_size=2",
+               "train.micro_batch_size=1", "generation.max_new_tokens=8", "train.max_steps=4", "train.save_steps=4",
+               f"generation.gather_weights={gather_weights}"]  # fmt: skip
     result = run_cli(command, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = [m for m in read_metrics(run_dir) if "train/lambda_0" in m]
-    assert [m["step"] for m in rows] == [1, 2]
-    checkpoint = run_dir / "checkpoints" / "step-2"
+    assert [m["step"] for m in rows] == [1, 2, 3, 4]
+    # Every response is 2 tokens or 8; a mean under the maximum means the ranks' lengths differed (1 prompt each).
+    lengths = [(m["train/response_length"], m["train/response_length_max"]) for m in rows]
+    assert all(mean in (2.0, 5.0, 8.0) for mean, _ in lengths), lengths
+    assert any(mean == 5.0 and longest == 8.0 for mean, longest in lengths), lengths
+    checkpoint = run_dir / "checkpoints" / "step-4"
     rank_states = [json.loads((checkpoint / f"rank_state_rank{r}.json").read_text()) for r in (0, 1)]
     assert rank_states[0] == rank_states[1]  # the multiplier (value, window, step count) is identical on both ranks
-    window = rank_states[0]["multipliers"][0]
-    assert len(window["window"]) == 32  # 2 iterations x 16 episodes, gathered from both ranks
+    assert len(rank_states[0]["multipliers"][0]["window"]) == 8  # 4 iterations x 2 episodes, from both ranks
 
 
 @pytest.mark.integration
