@@ -11,8 +11,10 @@ from safe_rlhf.algorithms.ppo import (
     ValueLossStats,
     clipped_value_loss,
     combined_advantages,
+    explained_variance,
     gae,
     kl_penalized_rewards,
+    masked_entropy,
     ppo_clip_loss,
 )
 from safe_rlhf.algorithms.score_losses import (
@@ -38,9 +40,11 @@ __all__ = [
     "combine_attributes",
     "combined_advantages",
     "cost_model_loss",
+    "explained_variance",
     "gae",
     "kl_penalized_rewards",
     "length_penalized_scores",
+    "masked_entropy",
     "masked_mean",
     "masked_var",
     "masked_whiten",

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from safe_rlhf.algorithms.masked import _as_bool_mask, masked_mean, sequence_then_batch_mean
+from safe_rlhf.algorithms.masked import _as_bool_mask, masked_mean, masked_var, sequence_then_batch_mean
 
 
 def kl_penalized_rewards(
@@ -120,7 +120,10 @@ def ppo_clip_loss(
     of the batch mean, so the loss is never NaN.
     """
     bool_mask = _as_bool_mask(log_probs, mask)
-    log_ratio = log_probs - old_log_probs  # (B, L)
+    # Mask BEFORE the arithmetic: a -inf or NaN log-prob at a padding position would otherwise give exp(inf) there,
+    # and although the masked mean drops that entry, its gradient is 0 * inf = NaN and poisons the weights.
+    log_ratio = torch.where(bool_mask, log_probs - old_log_probs, torch.zeros_like(log_probs))  # (B, L)
+    advantages = torch.where(bool_mask, advantages, torch.zeros_like(advantages))
     ratio = torch.exp(log_ratio)  # (B, L)
     pg_loss_unclipped = -advantages * ratio
     pg_loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
@@ -155,6 +158,11 @@ def clipped_value_loss(
     Same aggregation as :func:`ppo_clip_loss`: token mean per sequence, then mean over non-empty sequences.
     """
     bool_mask = _as_bool_mask(values, mask)
+    # Masked before the arithmetic, for the same reason as in ppo_clip_loss (no NaN gradient from padding).
+    zeros = torch.zeros_like(values)
+    values = torch.where(bool_mask, values, zeros)
+    old_values = torch.where(bool_mask, old_values, zeros)
+    returns = torch.where(bool_mask, returns, zeros)
     values_clipped = torch.clamp(values, old_values - clip_range, old_values + clip_range)
     vf_loss_unclipped = (values - returns) ** 2
     vf_loss_clipped = (values_clipped - returns) ** 2
@@ -208,3 +216,35 @@ def combined_advantages(
     lambda_view = lambda_tensor.view(-1, *([1] * reward_advantages.dim()))  # (K, 1, 1)
     weighted_costs = (lambda_view * cost_advantages).sum(dim=0)  # (B, L)
     return (reward_advantages - weighted_costs) / (1.0 + lambda_tensor.sum())
+
+
+def explained_variance(
+    values: torch.Tensor,  # (B, L) the critic's predictions
+    returns: torch.Tensor,  # (B, L) its regression targets
+    mask: torch.Tensor,  # (B, L), bool or 0/1
+) -> torch.Tensor:  # ()
+    """``1 - Var[G - V] / Var[G]`` over the masked tokens (CleanRL's critic diagnostic).
+
+    1 is a perfect critic, 0 one no better than a constant, negative one worse than a constant. When the returns do
+    not vary (or nothing is masked) the ratio is undefined; the result is then 0.
+    """
+    bool_mask = _as_bool_mask(values, mask)
+    variance_of_returns = masked_var(returns, bool_mask, unbiased=False)
+    variance_of_error = masked_var(returns - values, bool_mask, unbiased=False)
+    if float(variance_of_returns) <= 0.0:
+        return torch.zeros((), dtype=values.dtype, device=values.device)
+    return 1.0 - variance_of_error / variance_of_returns
+
+
+def masked_entropy(
+    logits: torch.Tensor,  # (B, L, V) the policy's logits (temperature already applied)
+    mask: torch.Tensor,  # (B, L), bool or 0/1
+) -> torch.Tensor:  # ()
+    """Mean entropy ``-sum_v p_v log p_v`` of the next-token distribution over the masked positions (nats).
+
+    A diagnostic (CleanRL logs it): a policy collapsing onto few tokens shows falling entropy before reward hacking
+    shows in the reward. Computed without gradient."""
+    with torch.no_grad():
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(dim=-1)  # (B, L)
+        return masked_mean(entropy, _as_bool_mask(entropy, mask))

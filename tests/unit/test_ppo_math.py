@@ -8,8 +8,10 @@ import torch
 from safe_rlhf.algorithms import (
     clipped_value_loss,
     combined_advantages,
+    explained_variance,
     gae,
     kl_penalized_rewards,
+    masked_entropy,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -270,3 +272,52 @@ def test_combined_advantages_shape_errors():
         combined_advantages(reward_advantages, torch.zeros(3, 2), 1.0)
     with pytest.raises(ValueError, match=">= 0"):
         combined_advantages(reward_advantages, torch.zeros(2, 3), -1.0)
+
+
+# ------------------------------------------------------------------------------------ padding never poisons a gradient
+
+
+def test_ppo_clip_loss_gradient_is_finite_with_inf_and_nan_at_masked_positions():
+    # Position 2 is padding; the rollout's log-prob there is -inf (e.g. a token the sampler could not pick) and the
+    # new one NaN. The loss only reads positions 0-1, so both must not reach the gradient: before masking first,
+    # exp(x - (-inf)) = inf there and its gradient 0 * inf = NaN.
+    log_probs = torch.tensor([[-1.0, -2.0, float("nan")]], requires_grad=True)
+    old_log_probs = torch.tensor([[-1.0, -2.0, float("-inf")]])
+    advantages = torch.tensor([[1.0, -1.0, float("nan")]])
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = ppo_clip_loss(log_probs, old_log_probs, advantages, mask, clip_ratio=0.2)
+    loss.backward()
+    # ratio 1 on both tokens: per-token loss -A = [-1, 1], mean 0; d loss / d logp_t = -A_t * ratio / 2 = [-0.5, 0.5]
+    assert_close(loss.detach(), 0.0)
+    assert_close(log_probs.grad, [[-0.5, 0.5, 0.0]])
+    assert_close(stats.approx_kl, 0.0)
+
+
+def test_clipped_value_loss_gradient_is_finite_with_nan_at_masked_positions():
+    values = torch.tensor([[1.0, float("nan")]], requires_grad=True)
+    old_values = torch.tensor([[1.0, float("inf")]])
+    returns = torch.tensor([[3.0, float("nan")]])
+    loss, _ = clipped_value_loss(values, old_values, returns, torch.tensor([[1, 0]]), clip_range=5.0)
+    loss.backward()
+    # 0.5 * (1 - 3)^2 = 2; gradient (V - G) = -2 at the real token, 0 at the padding
+    assert_close(loss.detach(), 2.0)
+    assert_close(values.grad, [[-2.0, 0.0]])
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # Var[G] over the 3 tokens = 2/3. Perfect critic: 1. Constant critic V = 2: Var[G - V] = 2/3 -> 0.
+    assert_close(explained_variance(returns.clone(), returns, mask), 1.0)
+    assert_close(explained_variance(torch.full_like(returns, 2.0), returns, mask), 0.0)
+    # V = [1, 1, 1]: errors [0, 1, 2], variance 2/3 -> 0 again; V = [3, 2, 1]: errors [-2, 0, 2], variance 8/3 -> -3
+    assert_close(explained_variance(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), returns, mask), -3.0)
+    # constant returns: undefined, reported as 0
+    assert_close(explained_variance(returns, torch.ones_like(returns), mask), 0.0)
+
+
+def test_masked_entropy_by_hand():
+    # Uniform over 4 tokens: log 4; one-hot (logit 1000): 0; the masked-out row holds NaN and is ignored.
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [1000.0, 0.0, 0.0, 0.0], [float("nan")] * 4]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert_close(masked_entropy(logits, mask), math.log(4) / 2)
