@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: help install demo test test-all test-slow lint format bench clean assets toyworld
+.PHONY: help install demo test test-all test-slow lint shellcheck format bench clean assets toyworld
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,10 +43,16 @@ test-slow: install  ## the slow tier (long CPU runs)
 test-all: install  ## every tier (gpu tests skip without CUDA)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install  ## ruff (with annotation rules) and mypy on safe_rlhf/
+lint: install  ## ruff (with annotation rules) and mypy on safe_rlhf/; shellcheck on launch/ when it is installed
 	$(VENV)/bin/ruff check safe_rlhf tests
 	$(VENV)/bin/ruff format --check safe_rlhf tests
 	$(VENV)/bin/mypy safe_rlhf
+	@if command -v shellcheck >/dev/null 2>&1; then $(MAKE) --no-print-directory shellcheck; \
+	else echo "lint: shellcheck not installed, launch scripts not checked (CI checks them: .ci/run)"; fi
+
+LAUNCH_SCRIPTS := $(wildcard launch/*.sh) launch/slurm.sbatch
+shellcheck:  ## shellcheck the launch scripts (apt-get install shellcheck); CI runs it
+	shellcheck -x $(LAUNCH_SCRIPTS)
 
 format: install  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix safe_rlhf tests

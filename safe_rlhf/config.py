@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
@@ -107,9 +107,9 @@ class OptimizerConfig:
 
     # Peak learning rate.
     lr: float = 1e-3
-    # Decoupled weight decay (not applied to biases and norm weights).
+    # Decoupled weight decay, >= 0 (not applied to biases and norm weights).
     weight_decay: float = 0.0
-    # Adam betas.
+    # Adam betas: two numbers in [0, 1).
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     # Schedule after warm-up: "constant", "linear" or "cosine".
     scheduler: str = "cosine"
@@ -117,52 +117,93 @@ class OptimizerConfig:
     warmup_ratio: float = 0.03
 
     def __post_init__(self) -> None:
-        _positive("optim.lr", self.lr)
-        _choice("optim.scheduler", self.scheduler, ("constant", "linear", "cosine"))
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas={self.betas} must be two numbers, e.g. [0.9,0.95]")
+        # A recipe with several optimizers (actor_optim, critic_optim) is checked under their own keys before its
+        # objects are built (check_optimizers); a config built here can only be named by its usual key.
+        _check_optimizer(self, "optim")
+
+
+def _check_optimizer(optim: Any, key: str) -> None:
+    """Range checks of an :class:`OptimizerConfig` (or its composed node) that sits at ``key`` in the recipe."""
+    _positive(f"{key}.lr", optim.lr)
+    _positive(f"{key}.weight_decay", optim.weight_decay, allow_zero=True)
+    _choice(f"{key}.scheduler", optim.scheduler, ("constant", "linear", "cosine"))
+    if not 0.0 <= optim.warmup_ratio < 1.0:
+        raise ConfigError(f"{key}.warmup_ratio={optim.warmup_ratio} must be in [0, 1)")
+    betas = list(optim.betas)
+    if len(betas) != 2:
+        raise ConfigError(f"{key}.betas={betas} must be two numbers, e.g. [0.9,0.95]")
+    if not all(0.0 <= beta < 1.0 for beta in betas):  # also rejects nan and inf
+        raise ConfigError(f"{key}.betas={betas}: each beta must be in [0, 1), e.g. [0.9,0.95]")
+
+
+def check_optimizers(composed: Any, schema: type) -> None:
+    """Check every optimizer of a composed recipe config under the key it sits at (optim, actor_optim, ...).
+
+    Runs before ``OmegaConf.to_object``, whose ``__post_init__`` checks cannot know where the config sits.
+    """
+    for key, hint in get_type_hints(schema).items():
+        if hint is OptimizerConfig and key in composed:
+            _check_optimizer(composed[key], key)
 
 
 @dataclass
-class TrainConfig:
-    """The training loop: batch sizes, length, checkpoints and resume."""
+class BaseTrainConfig:
+    """What every training loop shares: length, intervals, checkpoints, resume, export and the non-finite guard.
 
-    # Passes over the training data.
+    A *step* is one optimizer step (SFT, reward and cost models: :class:`TrainConfig`) or one RL iteration (the PPO
+    recipes: :class:`RLTrainConfig`).
+    """
+
+    # Passes over the training data (RL: the prompt dataset).
     epochs: int = 1
-    # Stop after this many optimizer steps (-1 = run all epochs).
+    # Stop after this many steps (-1 = run all epochs).
     max_steps: int = -1
-    # Samples per optimizer step, over all ranks; must be divisible by micro_batch_size x world size.
-    batch_size: int = 16
     # Samples per forward/backward pass on one rank (gradient accumulation makes up the rest).
     micro_batch_size: int = 8
-    # Evaluate every N optimizer steps (0 = only at the end).
+    # Evaluate every N steps (0 = only at the end).
     eval_steps: int = 0
-    # Write a resumable DeepSpeed checkpoint every N optimizer steps (0 = never during training).
+    # Write a resumable DeepSpeed checkpoint every N steps (0 = never during training).
     save_steps: int = 0
     # Keep only the newest N resumable checkpoints.
     save_total_limit: int = 2
-    # Log metrics every N optimizer steps.
+    # Log metrics every N steps.
     log_steps: int = 1
     # "none" starts fresh; "auto" continues from the newest checkpoint in output_dir/checkpoints if there is one;
     # any other value is a checkpoint directory to continue from.
     resume: str = "none"
-    # Export a consolidated Hugging Face model to output_dir/model at the end.
+    # Start over in an output_dir that holds an earlier run: delete its checkpoints/, metrics.jsonl, model/, eval/ and
+    # tensorboard/ first. Without it such a directory is refused (see docs/quickstart.md, "Run directories"); ignored
+    # when train.resume finds a checkpoint (a requeued job started with overwrite=true continues instead of wiping).
+    overwrite: bool = False
+    # Config keys allowed to differ from the resumed run's config.yaml beyond the always-safe ones (logger.*,
+    # train.save_steps, ...), e.g. [train.max_steps]; a section name or a pattern (optim.*) covers its keys, * all.
+    resume_allow_changes: list[str] = field(default_factory=list)
+    # Export a consolidated Hugging Face model (RL: the actor) to output_dir/model at the end.
     export: bool = True
-    # Stop (with a checkpoint of the last good state) after this many optimizer steps in a row with a non-finite loss.
+    # Stop (with a checkpoint of the last good state) after this many steps in a row with a non-finite loss.
     max_nonfinite_steps: int = 10
-    # Fault injection for testing the guard above: these optimizer steps (1-based) get a NaN loss. Leave empty.
+    # Fault injection for testing the guard above: these steps (1-based) get a NaN loss (RL: actor loss). Leave empty.
     inject_nonfinite_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
-        for key in ("epochs", "batch_size", "micro_batch_size", "log_steps", "save_total_limit"):
+        for key in ("epochs", "micro_batch_size", "log_steps", "save_total_limit", "max_nonfinite_steps"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("eval_steps", "save_steps"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"train.max_steps={self.max_steps} must be -1 (all epochs) or > 0")
+
+
+@dataclass
+class TrainConfig(BaseTrainConfig):
+    """The training loop of SFT and the score models (a step is one optimizer step); the shared keys are above."""
+
+    # Samples per optimizer step, over all ranks; must be divisible by micro_batch_size x world size.
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("train.batch_size", self.batch_size)
 
 
 @dataclass
@@ -305,12 +346,17 @@ class PromptDataConfig:
     ptx: str | None = None
     # Longest prompt in tokens; longer prompts are errors (or counted skips with on_error=skip).
     max_prompt_length: int = 48
+    # Longest ptx sample in tokens (prompt + response); null = max_prompt_length + generation.max_new_tokens, the
+    # length of a rollout. Longer samples follow on_error (their responses are truncated when the prompt fits).
+    ptx_max_length: int | None = None
     # "raise" stops at the first malformed record; "skip" counts it.
     on_error: str = "raise"
 
     def __post_init__(self) -> None:
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         _positive("data.max_prompt_length", self.max_prompt_length)
+        if self.ptx_max_length is not None:
+            _positive("data.ptx_max_length", self.ptx_max_length)
 
 
 @dataclass
@@ -422,42 +468,20 @@ class LagrangeConfig:
 
 
 @dataclass
-class RLTrainConfig:
-    """The RL loop: how many prompts per iteration and how they are cut for the updates."""
+class RLTrainConfig(BaseTrainConfig):
+    """The RL loop (a step is one RL iteration): how many prompts per iteration and how they are cut for the updates."""
 
-    # Passes over the prompt dataset.
-    epochs: int = 1
-    # Stop after this many RL iterations (-1 = run all epochs).
-    max_steps: int = -1
+    # Sequences per forward pass on one rank (generation, scoring and updates).
+    micro_batch_size: int = 16
     # Prompts per RL iteration over all ranks (each gets one sampled response).
     rollout_batch_size: int = 64
     # Rollouts per PPO optimizer step over all ranks; must divide rollout_batch_size.
     mini_batch_size: int = 32
-    # Sequences per forward pass on one rank (generation, scoring and updates).
-    micro_batch_size: int = 16
-    # Evaluate on data.eval every N iterations (0 = only at the end).
-    eval_steps: int = 0
-    # Resumable checkpoint every N iterations (0 = never during training).
-    save_steps: int = 0
-    # Keep only the newest N resumable checkpoints.
-    save_total_limit: int = 2
-    # Log every N iterations.
-    log_steps: int = 1
-    # "none", "auto" (newest checkpoint in output_dir/checkpoints) or a checkpoint directory.
-    resume: str = "none"
-    # Export the actor as a Hugging Face model to output_dir/model at the end.
-    export: bool = True
-    # Stop (with a checkpoint of the last good state) after this many iterations in a row with a non-finite loss.
-    max_nonfinite_steps: int = 10
-    # Fault injection for testing the guard above: these iterations (1-based) get a NaN actor loss. Leave empty.
-    inject_nonfinite_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _positive("train.max_nonfinite_steps", self.max_nonfinite_steps)
-        for key in ("epochs", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "log_steps"):
+        super().__post_init__()
+        for key in ("rollout_batch_size", "mini_batch_size"):
             _positive(f"train.{key}", getattr(self, key))
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"train.max_steps={self.max_steps} must be -1 (all epochs) or > 0")
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError(
                 f"train.mini_batch_size={self.mini_batch_size} must divide "

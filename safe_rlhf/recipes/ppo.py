@@ -38,9 +38,11 @@ from safe_rlhf.algorithms import (
     LagrangeMultiplier,
     clipped_value_loss,
     combined_advantages,
+    explained_variance,
     gae,
     kl_penalized_rewards,
     length_penalized_scores,
+    masked_entropy,
     masked_mean,
     ppo_clip_loss,
     scaled_scores,
@@ -63,17 +65,18 @@ from safe_rlhf.recipes.common import (
     to_device,
     zero_backward,
 )
-from safe_rlhf.recipes.rollout import Rollout, policy_log_probs, sample_responses, truncate_after_eos
+from safe_rlhf.recipes.rollout import (
+    Generated,
+    Rollout,
+    batch_mean_std,
+    concat_padded,
+    gather_log_probs,
+    policy_log_probs,
+    policy_logits,
+    sample_responses,
+    truncate_after_eos,
+)
 from safe_rlhf.score_model import end_scores, load_score_model, score_metadata, scores_for_use, token_scores
-
-
-def masked_whiten_many(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Whiten advantages with the masked mean/std of all micro-batches together (per rank)."""
-    values = torch.cat([t[m] for t, m in zip(tensors, masks)])
-    if values.numel() < 2:
-        return tensors
-    mean, std = values.mean(), values.std().clamp_min(1e-8)
-    return [torch.where(m, (t - mean) / std, torch.zeros_like(t)) for t, m in zip(tensors, masks)]
 
 
 class PPORecipe:
@@ -174,8 +177,29 @@ class PPORecipe:
         if data.ptx and self.config.ppo.ptx_coeff > 0:
             from safe_rlhf.recipes.sft import tokenize_sft_samples
 
+            # A ptx sample is as long as a rollout unless configured: prompt budget + response budget.
+            max_length = data.ptx_max_length or data.max_prompt_length + self.config.generation.max_new_tokens
             ptx = load_samples(data.ptx, kind="sft", on_error=data.on_error, seed=self.config.seed)
-            self.ptx_items, _ = tokenize_sft_samples(ptx.samples, self.tokenizer, 2 * data.max_prompt_length, "skip")
+            self.ptx_items, counts = tokenize_sft_samples(ptx.samples, self.tokenizer, max_length, data.on_error)
+            distributed.print0(
+                f"ptx {data.ptx}: {ptx.stats.read} read, {len(self.ptx_items)} kept (max {max_length} tokens)"
+                + "".join(f", {count} {reason}" for reason, count in sorted(counts.items()))
+            )
+            world, size = distributed.world_size(), self.config.train.micro_batch_size
+            if len(self.ptx_items) < size * world:
+                raise ConfigError(
+                    f"data.ptx={data.ptx}: {len(self.ptx_items)} usable samples, fewer than one micro-batch per rank "
+                    f"({size} x {world}); add data or lower train.micro_batch_size"
+                )
+            # Every rank its own ptx samples, reshuffled each pass, reproducible by step (resume).
+            self.ptx_schedule = BatchSchedule(
+                num_samples=len(self.ptx_items),
+                batch_size=size * world,
+                micro_batch_size=size,
+                world_size=world,
+                rank=distributed.rank(),
+                seed=self.config.seed + 17,
+            )
 
     def _ds_config(self, trainable: bool) -> dict[str, Any]:
         return engines.deepspeed_config(
@@ -259,7 +283,8 @@ class PPORecipe:
 
     # ------------------------------------------------------------------------------------------------ 1-4 rollout
     @torch.no_grad()
-    def generate(self, prompt_items: list[Any], seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def generate(self, prompt_items: list[Any], seed: int) -> Generated:
+        """Step 1 for one micro-batch of prompts: sample, then cut every response after its first EOS."""
         from safe_rlhf.data import collate_prompts
 
         batch = to_device(collate_prompts(prompt_items, self.tokenizer.pad_token_id), self.device)
@@ -280,63 +305,119 @@ class PPORecipe:
             gather=generation.gather_weights,
             world_size=distributed.world_size(),
         )
-        return sequences, batch["input_ids"], batch["attention_mask"], batch["input_ids"].shape[1]
+        return truncate_after_eos(
+            sequences,
+            batch["input_ids"].shape[1],
+            batch["attention_mask"],
+            self.tokenizer.eos_token_id,
+            self.tokenizer.pad_token_id,
+        )
 
     @torch.no_grad()
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reward (B,), raw cost-model scores (B, C) or (B, 0)) at the last real token."""
+    def score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 2 for one micro-batch: (reward (B,), cost scores for use (B, C), raw cost scores (B, C)).
+
+        "For use" scores are normalized when the model's metadata says so; raw cost scores keep the cost model's
+        sign convention (> 0 unsafe), which is what a rate constraint and the unsafe rate must test, normalized or
+        not. Without a cost model both cost tensors are (B, 0)."""
         reward_model = self.engines["reward_model"]
         rewards = scores_for_use(reward_model.module, end_scores(reward_model, input_ids, attention_mask))[:, 0]
         if "cost_model" not in self.engines:
-            return rewards, torch.zeros(rewards.shape[0], 0, device=rewards.device)
+            empty = torch.zeros(rewards.shape[0], 0, device=rewards.device)
+            return rewards, empty, empty
         cost_model = self.engines["cost_model"]
-        return rewards, scores_for_use(cost_model.module, end_scores(cost_model, input_ids, attention_mask))
+        raw_costs = end_scores(cost_model, input_ids, attention_mask)
+        return rewards, scores_for_use(cost_model.module, raw_costs), raw_costs
 
-    def episode_costs(self, raw_costs: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, K)
-        """Per constraint: the cost score ("mean") or whether it is positive, i.e. unsafe ("rate")."""
+    def episode_costs(self, costs: torch.Tensor, raw_costs: torch.Tensor) -> torch.Tensor:  # (N, C) x2 -> (N, K)
+        """Per constraint: the cost score ("mean", normalized if configured) or whether the raw score is positive,
+        i.e. the response is unsafe ("rate")."""
         lagrange = self.config.lagrange
         if raw_costs.shape[1] == 0:
             return torch.zeros(raw_costs.shape[0], 0, device=raw_costs.device)
         columns = []
         for kind, index in zip(lagrange.constraint_types, lagrange.cost_indices):
-            column = raw_costs[:, index]
-            columns.append((column > 0).float() if kind == "rate" else column)
+            columns.append((raw_costs[:, index] > 0).float() if kind == "rate" else costs[:, index])
         return torch.stack(columns, dim=1)
 
-    @torch.no_grad()
-    def make_rollout(self, prompt_items: list[Any], seed: int) -> tuple[Rollout, dict[str, float]]:
-        config, timings = self.config, dict[str, float]()
-        start = time.perf_counter()
-        sequences, _, prompt_mask, prompt_length = self.generate(prompt_items, seed)
-        input_ids, attention_mask, action_mask, ended, lengths = truncate_after_eos(
-            sequences, prompt_length, prompt_mask, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        )
-        timings["generation"] = time.perf_counter() - start
-        start = time.perf_counter()
-        rewards, raw_costs = self.score(input_ids, attention_mask)
+    def transformed_rewards(
+        self,
+        rewards: torch.Tensor,  # (N,) reward-model scores of this rank's rollout batch
+        costs: torch.Tensor,  # (N, K) episode costs
+        ended: torch.Tensor,  # (N,) bool
+        lengths: torch.Tensor,  # (N,)
+    ) -> torch.Tensor:  # (N,)
+        """Step 3: the reward transforms, in this order, with statistics over the whole rollout batch of all ranks.
+
+        a. no-EOS penalty: a response that never ended gets a fixed score instead of the reward model's;
+        b. reward shaping (baseline recipe): R - lambda * sum_k C_k, lambda fixed;
+        c. length penalty (Singhal et al.): R + 2 sigma (1 - coeff * length), sigma = std of R over the batch;
+        d. reward scaling: clip((R - mean) / std, -c, c) over the batch.
+        Every rank computes the same batch statistics (a collective), so these are identical whatever the
+        micro-batch size, also 1 (a per-micro-batch std of one value was NaN)."""
+        config = self.config
         if config.generation.no_eos_penalty is not None:
             rewards = torch.where(ended, rewards, torch.full_like(rewards, config.generation.no_eos_penalty))
-        costs = self.episode_costs(raw_costs)
         if self.variant == "ppo_reward_shaping" and costs.shape[1]:
             rewards = rewards - config.lagrange.init * costs.sum(dim=1)
         if config.ppo.length_penalty_coeff > 0:
-            sigma = float(rewards.std().clamp_min(1e-8))
+            _, sigma = batch_mean_std(rewards)
             rewards = length_penalized_scores(rewards, lengths.float(), sigma, config.ppo.length_penalty_coeff)
         if config.ppo.reward_scaling_clip > 0:
-            rewards = scaled_scores(
-                rewards, float(rewards.mean()), float(rewards.std().clamp_min(1e-8)), config.ppo.reward_scaling_clip
-            )
+            mean, std = batch_mean_std(rewards)
+            rewards = scaled_scores(rewards, mean, max(std, 1e-8), config.ppo.reward_scaling_clip)
+        return rewards
+
+    def _micro_batches(self, size: int, total: int) -> list[slice]:
+        return [slice(start, start + size) for start in range(0, total, size)]
+
+    @torch.no_grad()
+    def make_rollout(self, prompt_chunks: list[list[Any]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
+        """Steps 1-4 of an iteration on this rank's prompts (one list per micro-batch): one rollout-batch record."""
+        config, timings = self.config, dict[str, float]()
+        size = config.train.micro_batch_size
+        # 1. generate: sample one response per prompt, micro-batch by micro-batch; cut after the first EOS; pad the
+        #    pieces to one batch.
+        start = time.perf_counter()
+        pieces = [self.generate(prompts, seed) for prompts, seed in zip(prompt_chunks, seeds)]
+        batch = concat_padded(pieces, self.tokenizer.pad_token_id)
+        timings["generation"] = time.perf_counter() - start
+        start = time.perf_counter()
+        input_ids, attention_mask, action_mask = batch.input_ids, batch.attention_mask, batch.action_mask
+        rows = self._micro_batches(size, input_ids.shape[0])
+
+        def per_micro_batch(function: Any) -> list[Any]:
+            return [function(input_ids[r], attention_mask[r]) for r in rows]
+
+        # 2. score: reward model R and cost model C at each response's last real token.
+        scored = per_micro_batch(self.score)
+        rewards = torch.cat([s[0] for s in scored])
+        costs_for_use, raw_costs = torch.cat([s[1] for s in scored]), torch.cat([s[2] for s in scored])
+        costs = self.episode_costs(costs_for_use, raw_costs)  # (N, K)
+        # 3. reward transforms over the whole rollout batch (all ranks).
+        rewards = self.transformed_rewards(rewards, costs, batch.ended_with_eos, batch.response_lengths)
+        # 4. log-probs of the sampled tokens (actor = "old" policy, reference) and the critics' values.
         temperature = config.generation.temperature
-        old_log_probs = policy_log_probs(self.engines["actor"], input_ids, attention_mask, temperature)
-        ref_log_probs = policy_log_probs(self.engines["reference"], input_ids, attention_mask, temperature)
-        reward_values = token_scores(self.engines["reward_critic"], input_ids, attention_mask)[:, :-1, 0]
+        old_log_probs = torch.cat(
+            per_micro_batch(lambda i, m: policy_log_probs(self.engines["actor"], i, m, temperature))
+        )
+        ref_log_probs = torch.cat(
+            per_micro_batch(lambda i, m: policy_log_probs(self.engines["reference"], i, m, temperature))
+        )
+        reward_values = torch.cat(
+            per_micro_batch(lambda i, m: token_scores(self.engines["reward_critic"], i, m)[:, :-1, 0])
+        )
         if self.uses_cost_critic:
-            cost_values = token_scores(self.engines["cost_critic"], input_ids, attention_mask)[:, :-1, :]
-            cost_values = cost_values.permute(0, 2, 1)  # (B, K, L-1)
+            cost_values = torch.cat(
+                per_micro_batch(lambda i, m: token_scores(self.engines["cost_critic"], i, m)[:, :-1, :])
+            ).permute(0, 2, 1)  # (N, K, L-1)
         else:
             cost_values = torch.zeros(input_ids.shape[0], 0, input_ids.shape[1] - 1, device=input_ids.device)
         timings["scoring"] = time.perf_counter() - start
 
+        # 5. streams and advantages: r_t = -beta kl_t + [last] R, c_t = +beta kl_t + [last] C; GAE on each.
         ppo = config.ppo
         reward_stream = kl_penalized_rewards(
             rewards, old_log_probs, ref_log_probs, action_mask, ppo.kl_coeff, ppo.reward_clip
@@ -367,18 +448,17 @@ class PPORecipe:
             reward_returns=reward_returns,
             cost_advantages=cost_advantages,
             cost_returns=cost_returns,
-            ended_with_eos=ended,
-            response_lengths=lengths,
+            ended_with_eos=batch.ended_with_eos,
+            response_lengths=batch.response_lengths,
         )
         return rollout, timings
 
     # ----------------------------------------------------------------------------------------------- 5 multiplier
-    def update_multipliers(self, rollouts: list[Rollout]) -> list[float]:
+    def update_multipliers(self, rollout: Rollout) -> list[float]:
         """Gather this iteration's episode costs from every rank; rank 0 updates; every rank gets the same lambdas."""
         if self.variant != "ppo_lag":
             return [m.value for m in self.multipliers]
-        local = torch.cat([r.costs for r in rollouts])  # (N, K)
-        gathered = [distributed.all_gather_cat(local[:, k].contiguous()) for k in range(self.num_constraints)]
+        gathered = [distributed.all_gather_cat(rollout.costs[:, k].contiguous()) for k in range(self.num_constraints)]
         values = None
         if distributed.is_main_process():
             values = [multiplier.update(costs) for multiplier, costs in zip(self.multipliers, gathered)]
@@ -391,48 +471,68 @@ class PPORecipe:
         return list(values)
 
     # --------------------------------------------------------------------------------------------------- 6 update
-    def update(self, rollouts: list[Rollout], lambdas: list[float]) -> dict[str, float]:
+    def policy_advantages(self, rollout: Rollout, lambdas: list[float]) -> torch.Tensor:  # (N, L-1)
+        """(A_r - sum_k lambda_k A_c,k) / (1 + sum_k lambda_k) for ppo_lag, A_r otherwise; whitened with the masked
+        mean and std of the whole rollout batch of every rank."""
+        if self.variant == "ppo_lag":
+            advantages = combined_advantages(
+                rollout.reward_advantages, rollout.cost_advantages.permute(1, 0, 2), lambdas
+            )
+        else:
+            advantages = rollout.reward_advantages
+        if self.config.ppo.whiten_advantages:
+            mean, std = batch_mean_std(advantages, rollout.action_mask)
+            whitened = (advantages - mean) / max(std, 1e-8)
+            advantages = torch.where(rollout.action_mask, whitened, torch.zeros_like(advantages))
+        return advantages
+
+    def update(self, rollout: Rollout, lambdas: list[float]) -> dict[str, float]:
+        """Step 6: PPO epochs over the rollout batch's micro-batches in a shuffled order; actor, then critics."""
         config = self.config
         actor, reward_critic = self.engines["actor"], self.engines["reward_critic"]
         cost_critic = self.engines.get("cost_critic")
-        if self.variant == "ppo_lag":
-            advantages = [
-                combined_advantages(r.reward_advantages, r.cost_advantages.permute(1, 0, 2), lambdas) for r in rollouts
-            ]
-        else:
-            advantages = [r.reward_advantages for r in rollouts]
-        if config.ppo.whiten_advantages:
-            advantages = masked_whiten_many(advantages, [r.action_mask for r in rollouts])
+        advantages = self.policy_advantages(rollout, lambdas)
+        micro_batches = self._micro_batches(config.train.micro_batch_size, rollout.num_episodes)
         stats: dict[str, list[float]] = defaultdict(list)
         generator = torch.Generator().manual_seed(self.config.seed + 7919 * self.step)
         temperature = config.generation.temperature
+        update_index = 0
         for _ in range(config.ppo.ppo_epochs):
-            order = torch.randperm(len(rollouts), generator=generator).tolist()
+            order = torch.randperm(len(micro_batches), generator=generator).tolist()
             for index in order:
-                rollout, advantage = rollouts[index], advantages[index]
-                log_probs = policy_log_probs(actor, rollout.input_ids, rollout.attention_mask, temperature)
+                rows = micro_batches[index]
+                micro = rollout.select(rows)
+                first, last = rollout.columns(rows)
+                advantage = advantages[rows, first : last - 1]  # the same trim as select()
+                # 6a. actor: PPO-clip on the (combined) advantages, plus the ptx term.
+                logits = policy_logits(actor, micro.input_ids, micro.attention_mask, temperature)
+                log_probs = gather_log_probs(logits, micro.input_ids[:, 1:])
                 actor_loss, clip_stats = ppo_clip_loss(
-                    log_probs, rollout.old_log_probs, advantage, rollout.action_mask, config.ppo.clip_ratio
+                    log_probs, micro.old_log_probs, advantage, micro.action_mask, config.ppo.clip_ratio
                 )
                 total_actor_loss = self.guard.prepare(actor_loss, self.step + 1)
                 if self.ptx_items:
-                    total_actor_loss = total_actor_loss + config.ppo.ptx_coeff * self._ptx_loss(index)
+                    total_actor_loss = total_actor_loss + config.ppo.ptx_coeff * self._ptx_loss(update_index)
                 self._backward_or_skip(actor, total_actor_loss, "actor", index)
                 actor.step()
-                values = token_scores(reward_critic, rollout.input_ids, rollout.attention_mask)[:, :-1, 0]
+                stats["entropy"].append(float(masked_entropy(logits.detach(), micro.action_mask)))
+                del logits
+                # 6b. reward critic: clipped value loss against the GAE returns.
+                values = token_scores(reward_critic, micro.input_ids, micro.attention_mask)[:, :-1, 0]
                 reward_critic_loss, value_stats = clipped_value_loss(
-                    values, rollout.reward_values, rollout.reward_returns, rollout.action_mask, config.ppo.value_clip
+                    values, micro.reward_values, micro.reward_returns, micro.action_mask, config.ppo.value_clip
                 )
                 self._backward_or_skip(reward_critic, reward_critic_loss, "reward critic", index)
                 reward_critic.step()
+                # 6c. cost critic (ppo_lag): one value head per constraint.
                 if cost_critic is not None:
-                    cost_values = token_scores(cost_critic, rollout.input_ids, rollout.attention_mask)[:, :-1, :]
+                    cost_values = token_scores(cost_critic, micro.input_ids, micro.attention_mask)[:, :-1, :]
                     cost_critic_loss = sum(
                         clipped_value_loss(
                             cost_values[:, :, k],
-                            rollout.cost_values[:, k],
-                            rollout.cost_returns[:, k],
-                            rollout.action_mask,
+                            micro.cost_values[:, k],
+                            micro.cost_returns[:, k],
+                            micro.action_mask,
                             config.ppo.value_clip,
                         )[0]
                         for k in range(self.num_constraints)
@@ -444,7 +544,9 @@ class PPORecipe:
                 stats["reward_critic_loss"].append(float(reward_critic_loss.detach()))
                 stats["clip_fraction"].append(float(clip_stats.clip_fraction))
                 stats["approx_kl"].append(float(clip_stats.approx_kl))
+                stats["ratio"].append(float(clip_stats.ratio_mean))
                 stats["value_clip_fraction"].append(float(value_stats.clip_fraction))
+                update_index += 1
         return {key: sum(values) / len(values) for key, values in stats.items()}
 
     def _backward_or_skip(self, engine: Any, loss: torch.Tensor, name: str, index: int) -> None:
@@ -461,40 +563,48 @@ class PPORecipe:
             flush=True,
         )
 
-    def _ptx_loss(self, index: int) -> torch.Tensor:
+    def _ptx_loss(self, update_index: int) -> torch.Tensor:
+        """SFT cross-entropy on this rank's share of a ptx micro-batch: the ptx schedule is a BatchSchedule like the
+        prompts', so every rank trains on different samples and a resume continues where it stopped."""
         from safe_rlhf.data import collate_sft
 
-        size = self.config.train.micro_batch_size
-        start = ((self.step * 131 + index) * size) % max(1, len(self.ptx_items) - size)
-        batch = to_device(collate_sft(self.ptx_items[start : start + size], self.tokenizer.pad_token_id), self.device)
+        updates_per_iteration = self.config.ppo.ppo_epochs * len(
+            self._micro_batches(self.config.train.micro_batch_size, self.rollouts_per_rank)
+        )
+        ptx_step = self.step * updates_per_iteration + update_index
+        (ids,) = self.ptx_schedule.rank_indices(ptx_step)
+        batch = to_device(collate_sft([self.ptx_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
         logits = self.engines["actor"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         total, count = sft_loss_sum(logits, batch["labels"])
         return total / count.clamp_min(1)
 
     # -------------------------------------------------------------------------------------------------------- loop
-    def rollout_metrics(self, rollouts: list[Rollout], lambdas: list[float]) -> dict[str, float]:
-        """Batch statistics averaged over ranks."""
-        masks = [r.action_mask for r in rollouts]
-        kl = torch.cat([((r.old_log_probs - r.ref_log_probs) * r.action_mask).sum(1) for r in rollouts])
-        lengths = torch.cat([r.response_lengths.float() for r in rollouts])
+    def rollout_metrics(self, rollout: Rollout, lambdas: list[float]) -> dict[str, float]:
+        """Means over the whole rollout batch of every rank (each rank holds the same number of episodes)."""
+        mask = rollout.action_mask
+        kl = ((rollout.old_log_probs - rollout.ref_log_probs) * mask).sum(1)
+        lengths = rollout.response_lengths.float()
         local = {
-            "reward": torch.cat([r.rewards for r in rollouts]).mean(),
+            "reward": rollout.rewards.mean(),
             "kl": kl.mean(),
             "response_length": lengths.mean(),
-            "no_eos_rate": 1.0 - torch.cat([r.ended_with_eos.float() for r in rollouts]).mean(),
-            "reward_advantage": torch.stack(
-                [masked_mean(r.reward_advantages, m) for r, m in zip(rollouts, masks)]
-            ).mean(),
-            "reward_return": torch.stack([masked_mean(r.reward_returns, m) for r, m in zip(rollouts, masks)]).mean(),
-            "reward_value": torch.stack([masked_mean(r.reward_values, m) for r, m in zip(rollouts, masks)]).mean(),
+            "no_eos_rate": 1.0 - rollout.ended_with_eos.float().mean(),
+            "reward_advantage": masked_mean(rollout.reward_advantages, mask),
+            "reward_return": masked_mean(rollout.reward_returns, mask),
+            "reward_value": masked_mean(rollout.reward_values, mask),
+            # CleanRL's critic diagnostic: 1 - Var[G - V] / Var[G] (values at rollout time, before the update).
+            "reward_explained_variance": explained_variance(rollout.reward_values, rollout.reward_returns, mask),
         }
-        raw_costs = torch.cat([r.raw_costs for r in rollouts])
-        if raw_costs.shape[1]:
-            local["cost"] = raw_costs[:, 0].mean()
-            local["unsafe_rate"] = (raw_costs[:, 0] > 0).float().mean()
-        costs = torch.cat([r.costs for r in rollouts])
-        for k in range(costs.shape[1]):
-            local[f"episode_cost_{k}"] = costs[:, k].mean()
+        for k in range(rollout.cost_values.shape[1]):
+            local[f"cost_explained_variance_{k}"] = explained_variance(
+                rollout.cost_values[:, k], rollout.cost_returns[:, k], mask
+            )
+        if rollout.raw_costs.shape[1]:
+            local["cost"] = rollout.raw_costs[:, 0].mean()
+            # The cost model's sign convention (> 0 unsafe) on the raw score, also when scores are normalized.
+            local["unsafe_rate"] = (rollout.raw_costs[:, 0] > 0).float().mean()
+        for k in range(rollout.costs.shape[1]):
+            local[f"episode_cost_{k}"] = rollout.costs[:, k].mean()
         names = sorted(local)
         averaged = distributed.all_reduce_mean(torch.stack([local[n].float().cpu() for n in names]))
         metrics = {f"train/{name}": float(value) for name, value in zip(names, averaged)}
@@ -506,25 +616,24 @@ class PPORecipe:
                 metrics[f"train/threshold_{k}"] = multiplier.threshold
         return metrics
 
-    def iteration(self) -> tuple[list[Rollout], list[float], dict[str, float], dict[str, float]]:
-        """One RL iteration on this step's prompts: rollouts, multipliers, PPO update. Returns what it measured."""
+    def iteration(self) -> tuple[Rollout, list[float], dict[str, float], dict[str, float]]:
+        """One RL iteration on this step's prompts (the module docstring's steps 1-6). Returns what it measured."""
         for engine in self.engines.values():
             engine.eval()
-        rollouts: list[Rollout] = []
-        timings: dict[str, float] = defaultdict(float)
-        for chunk_index, ids in enumerate(self.schedule.rank_indices(self.step)):
-            seed = self.sampling_seed + 7_000_003 * self.step + 1009 * chunk_index
-            rollout, chunk_timings = self.make_rollout([self.prompt_items[i] for i in ids], seed)
-            rollouts.append(rollout)
-            for key, value in chunk_timings.items():
-                timings[key] += value
-        lambdas = self.update_multipliers(rollouts)
+        chunks_of_ids = self.schedule.rank_indices(self.step)
+        seeds = [self.sampling_seed + 7_000_003 * self.step + 1009 * index for index in range(len(chunks_of_ids))]
+        prompt_chunks = [[self.prompt_items[i] for i in ids] for ids in chunks_of_ids]
+        # Steps 1-4: generate, score, transform rewards, log-probs, values, streams and GAE.
+        rollout, timings = self.make_rollout(prompt_chunks, seeds)
+        # Step 5: the multipliers from the episode costs of every rank.
+        lambdas = self.update_multipliers(rollout)
+        # Step 6: PPO epochs.
         learn_start = time.perf_counter()
         for name in self.trainable_engines():
             self.engines[name].train()
-        update_stats = self.update(rollouts, lambdas)
+        update_stats = self.update(rollout, lambdas)
         timings["learning"] = time.perf_counter() - learn_start
-        return rollouts, lambdas, update_stats, timings
+        return rollout, lambdas, update_stats, timings
 
     def train(self) -> None:
         config = self.config.train
@@ -532,14 +641,14 @@ class PPORecipe:
         while self.step < self.total_steps:
             iteration_start = time.perf_counter()
             self.skipped_micro_batches = 0
-            rollouts, lambdas, update_stats, timings = self.iteration()
+            rollout, lambdas, update_stats, timings = self.iteration()
             self.step += 1
             self.logger.advance()
             stop_message = self.guard.end_step(self.skipped_micro_batches, self.step)
             if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
-                metrics = self.rollout_metrics(rollouts, lambdas)
+                metrics = self.rollout_metrics(rollout, lambdas)
                 metrics.update({f"train/{k}": v for k, v in update_stats.items()})
-                generated = float(sum(int(r.response_lengths.sum()) for r in rollouts))
+                generated = float(rollout.response_lengths.sum())
                 generated = float(distributed.all_reduce_sum(torch.tensor(generated)).item())
                 metrics.update({f"time/{k}": v for k, v in timings.items()})
                 metrics["time/iteration"] = time.perf_counter() - iteration_start
@@ -561,7 +670,10 @@ class PPORecipe:
     # ---------------------------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def evaluate(self, write: bool = True) -> dict[str, float]:
-        """Answer the held-out prompts (sampled, fixed seed), score them, and judge them in the toy world."""
+        """Answer the held-out prompts (sampled, fixed seed) and score them; the judging (ground truth where the
+        prompts have one) and the summary are evaluation code (safe_rlhf.analysis.policy_eval), not this recipe's."""
+        from safe_rlhf.analysis.policy_eval import judge_responses, summarize_responses
+
         if not self.eval_items:
             return {}
         for engine in self.engines.values():
@@ -573,16 +685,16 @@ class PPORecipe:
         records: list[dict[str, Any]] = []
         for pass_index in range(-(-per_rank // size)):
             ids = batches[pass_index] if pass_index < len(batches) else [0]  # equal passes on every rank (ZeRO-3)
-            sequences, _, prompt_mask, prompt_length = self.generate(
+            generated = self.generate(
                 [self.eval_items[i] for i in ids], seed=self.config.seed + 31 * pass_index + distributed.rank()
             )
-            input_ids, attention_mask, _, ended, lengths = truncate_after_eos(
-                sequences, prompt_length, prompt_mask, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-            )
-            rewards, raw_costs = self.score(input_ids, attention_mask)
+            rewards, _, raw_costs = self.score(generated.input_ids, generated.attention_mask)
             if pass_index >= len(batches):
                 continue
-            responses = self.tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+            ended, lengths = generated.ended_with_eos, generated.response_lengths
+            responses = self.tokenizer.batch_decode(
+                generated.input_ids[:, generated.prompt_length :], skip_special_tokens=True
+            )
             for row, index in enumerate(ids):
                 sample = self.eval_samples[index]
                 records.append(
@@ -591,20 +703,21 @@ class PPORecipe:
                         "prompt": sample.prompt,
                         "response": responses[row].strip(),
                         "reward": float(rewards[row]),
+                        # raw score: its sign says unsafe (> 0) also when the model's scores are normalized
                         "cost": float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0,
                         "length": int(lengths[row]),
                         "ended_with_eos": bool(ended[row]),
                         "risky": sample.meta.get("risky") if hasattr(sample, "meta") else None,
                     }
                 )
-        records = self._judge(records)
+        records = judge_responses(records, self.config.data.eval)
         if distributed.world_size() > 1:
             import torch.distributed as dist
 
             gathered: list[Any] = [None] * distributed.world_size()
             dist.all_gather_object(gathered, records)
             records = [record for part in gathered for record in part]
-        summary = self.summarize(records)
+        summary = summarize_responses(records)
         if write and distributed.is_main_process():
             eval_dir = self.run_dir / "eval"
             eval_dir.mkdir(parents=True, exist_ok=True)
@@ -616,43 +729,6 @@ class PPORecipe:
             self.engines[name].train()
         self.last_eval_records = records
         return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, float)}
-
-    def _judge(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Ground truth from the toy world's judges when the evaluation prompts come from it."""
-        if not (self.config.data.eval or "").startswith("toyworld:"):
-            return records
-        from safe_rlhf.toyworld import harm, helpfulness
-
-        for record in records:
-            judged = harm(record["prompt"], record["response"])
-            record["true_helpfulness"] = helpfulness(record["prompt"], record["response"])
-            record["true_severity"] = judged.severity
-            record["true_categories"] = list(judged.categories)
-        return records
-
-    @staticmethod
-    def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-        def mean(values: list[float]) -> float:
-            return float(sum(values) / len(values)) if values else math.nan
-
-        summary: dict[str, Any] = {
-            "num_prompts": len(records),
-            "reward": mean([r["reward"] for r in records]),
-            "cost": mean([r["cost"] for r in records]),
-            "unsafe_rate": mean([float(r["cost"] > 0) for r in records]),
-            "mean_length": mean([float(r["length"]) for r in records]),
-            "no_eos_rate": mean([float(not r["ended_with_eos"]) for r in records]),
-        }
-        judged = [r for r in records if "true_severity" in r]
-        if judged:
-            risky = [r for r in judged if r.get("risky")]
-            summary["true_helpfulness"] = mean([r["true_helpfulness"] for r in judged])
-            summary["true_harm_rate"] = mean([float(r["true_severity"] > 0) for r in judged])
-            summary["true_harm_rate_risky"] = mean([float(r["true_severity"] > 0) for r in risky])
-            summary["harm_rate_by_severity"] = {
-                str(level): mean([float(r["true_severity"] == level) for r in judged]) for level in (1, 2, 3)
-            }
-        return summary
 
     # -------------------------------------------------------------------------------------------------------- save
     def save_checkpoint(self) -> None:

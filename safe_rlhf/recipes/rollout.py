@@ -8,6 +8,7 @@ token the policy produced (up to and including its first EOS).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -20,27 +21,125 @@ from safe_rlhf.score_model import position_ids_from_mask
 
 @dataclass
 class Rollout:
-    """One micro-batch of rollouts with everything PPO needs (per-action tensors are (B, L-1))."""
+    """One rank's whole rollout batch (torchtune's Trajectory): N episodes, padded to one common length L.
 
-    input_ids: torch.Tensor  # (B, L) prompt + response, pad after the first EOS
-    attention_mask: torch.Tensor  # (B, L) 1 on real prompt and response tokens
-    action_mask: torch.Tensor  # (B, L-1) bool, response tokens (first EOS included)
-    old_log_probs: torch.Tensor  # (B, L-1) actor log-probs at sampling time
-    ref_log_probs: torch.Tensor  # (B, L-1) reference log-probs
-    rewards: torch.Tensor  # (B,) end reward (after no-EOS penalty / shaping)
-    costs: torch.Tensor  # (B, K) episode cost per constraint ("rate" constraints hold 0/1)
-    raw_costs: torch.Tensor  # (B, C) the cost model's scores (C = its outputs); empty (B, 0) without a cost model
-    reward_values: torch.Tensor  # (B, L-1) reward critic
-    cost_values: torch.Tensor  # (B, K, L-1) cost critic (empty K=0 without one)
-    reward_advantages: torch.Tensor  # (B, L-1)
-    reward_returns: torch.Tensor  # (B, L-1)
-    cost_advantages: torch.Tensor  # (B, K, L-1)
-    cost_returns: torch.Tensor  # (B, K, L-1)
-    ended_with_eos: torch.Tensor  # (B,) bool
-    response_lengths: torch.Tensor  # (B,) tokens including EOS
+    Built once per RL iteration from the micro-batches of generation (:func:`concat_padded`), so every batch
+    statistic (reward scaling, length penalty, advantage whitening, logged means) is taken over the whole rollout
+    batch, and across ranks where the recipe reduces it, never over one micro-batch. Model passes cut it again into
+    micro-batches with :meth:`micro_batches`. Per-action tensors are (N, L-1).
+    """
+
+    input_ids: torch.Tensor  # (N, L) [left padding][prompt][response up to its first EOS][right padding]
+    attention_mask: torch.Tensor  # (N, L) 1 on real prompt and response tokens
+    action_mask: torch.Tensor  # (N, L-1) bool, response tokens (first EOS included)
+    old_log_probs: torch.Tensor  # (N, L-1) actor log-probs at sampling time
+    ref_log_probs: torch.Tensor  # (N, L-1) reference log-probs
+    rewards: torch.Tensor  # (N,) end reward after every transform (no-EOS penalty, shaping, length, scaling)
+    costs: torch.Tensor  # (N, K) episode cost per constraint ("rate" constraints hold 0/1)
+    raw_costs: torch.Tensor  # (N, C) the cost model's raw scores (sign: > 0 unsafe); (N, 0) without a cost model
+    reward_values: torch.Tensor  # (N, L-1) reward critic
+    cost_values: torch.Tensor  # (N, K, L-1) cost critic (K = 0 without one)
+    reward_advantages: torch.Tensor  # (N, L-1)
+    reward_returns: torch.Tensor  # (N, L-1)
+    cost_advantages: torch.Tensor  # (N, K, L-1)
+    cost_returns: torch.Tensor  # (N, K, L-1)
+    ended_with_eos: torch.Tensor  # (N,) bool
+    response_lengths: torch.Tensor  # (N,) tokens including EOS
 
     def to(self, device: torch.device) -> Rollout:
         return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def micro_batches(self, size: int) -> list[Rollout]:
+        """Consecutive slices of ``size`` episodes, each trimmed to the columns that hold a real token of one of its
+        rows (so a micro-batch costs what it would have cost alone, whatever the longest episode of the batch)."""
+        return [self.select(slice(start, start + size)) for start in range(0, self.num_episodes, size)]
+
+    def columns(self, rows: slice) -> tuple[int, int]:
+        """[first, last) token columns holding a real token of one of ``rows`` (the whole width if none)."""
+        attention = self.attention_mask[rows]
+        real = attention.bool().any(dim=0).nonzero().flatten()
+        return (int(real[0]), int(real[-1]) + 1) if real.numel() else (0, attention.shape[1])
+
+    def select(self, rows: slice) -> Rollout:
+        """The episodes ``rows``, trimmed to :meth:`columns` (per-action tensors to the actions of those tokens)."""
+        first, last = self.columns(rows)
+        values: dict[str, torch.Tensor] = {}
+        for f in fields(self):
+            tensor = getattr(self, f.name)[rows]
+            if f.name in _PER_TOKEN_FIELDS:
+                tensor = tensor[:, first:last]
+            elif f.name in _PER_ACTION_FIELDS:
+                tensor = tensor[..., first : last - 1]  # action t is token t + 1
+            values[f.name] = tensor
+        return Rollout(**values)
+
+
+_PER_TOKEN_FIELDS = frozenset({"input_ids", "attention_mask"})
+_PER_ACTION_FIELDS = frozenset({"action_mask", "old_log_probs", "ref_log_probs", "reward_values", "cost_values",
+                                "reward_advantages", "reward_returns", "cost_advantages", "cost_returns"})  # fmt: skip
+
+
+@dataclass
+class Generated:
+    """One micro-batch of sampled sequences, truncated after the first EOS (see :func:`truncate_after_eos`)."""
+
+    input_ids: torch.Tensor  # (B, P + T)
+    attention_mask: torch.Tensor  # (B, P + T)
+    action_mask: torch.Tensor  # (B, P + T - 1)
+    ended_with_eos: torch.Tensor  # (B,)
+    response_lengths: torch.Tensor  # (B,)
+    prompt_length: int  # P
+
+
+def concat_padded(pieces: list[Generated], pad_token_id: int) -> Generated:
+    """Micro-batches of different prompt (P) and response (T) lengths as one batch: each is left-padded to the
+    longest prompt and right-padded to the longest response, which keeps [padding][prompt][response][padding]."""
+    prompt_length = max(piece.prompt_length for piece in pieces)
+    response_length = max(piece.input_ids.shape[1] - piece.prompt_length for piece in pieces)
+
+    def pad(tensor: torch.Tensor, left: int, right: int, value: float) -> torch.Tensor:
+        return F.pad(tensor, (left, right), value=value)
+
+    ids, attention, actions = [], [], []
+    for piece in pieces:
+        left = prompt_length - piece.prompt_length
+        right = response_length - (piece.input_ids.shape[1] - piece.prompt_length)
+        ids.append(pad(piece.input_ids, left, right, pad_token_id))
+        attention.append(pad(piece.attention_mask, left, right, 0))
+        actions.append(pad(piece.action_mask, left, right, False))
+    return Generated(
+        input_ids=torch.cat(ids),
+        attention_mask=torch.cat(attention),
+        action_mask=torch.cat(actions),
+        ended_with_eos=torch.cat([piece.ended_with_eos for piece in pieces]),
+        response_lengths=torch.cat([piece.response_lengths for piece in pieces]),
+        prompt_length=prompt_length,
+    )
+
+
+def batch_mean_std(values: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean and (population) standard deviation of ``values`` over every rank's rollout batch.
+
+    Reduced as (count, sum, sum of squares), so ranks may hold different numbers of values; with a mask only its
+    entries count. With fewer than two values in all, the standard deviation is reported as 1 (nothing to scale by),
+    never NaN. Every rank must call this the same number of times (it is a collective)."""
+    from safe_rlhf import distributed
+
+    selected = values.detach().double().flatten() if mask is None else values.detach().double()[mask.bool()]
+    sums = torch.stack([torch.tensor(float(selected.numel()), dtype=torch.float64), selected.sum().cpu(),
+                        (selected**2).sum().cpu()])  # fmt: skip
+    count, total, squares = (float(v) for v in distributed.all_reduce_sum(sums))
+    if count == 0:
+        return 0.0, 1.0
+    mean = total / count
+    if count < 2:
+        return mean, 1.0
+    variance = max(squares / count - mean * mean, 0.0)
+    return mean, math.sqrt(variance)
 
 
 def truncate_after_eos(
@@ -49,9 +148,10 @@ def truncate_after_eos(
     prompt_mask: torch.Tensor,  # (B, P)
     eos_token_id: int,
     pad_token_id: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sequences with pad after the first EOS, attention mask (B, L), action mask (B, L-1), ended_with_eos (B,),
-    response lengths (B,)). Tokens after the first EOS are not part of the response and get no loss."""
+) -> Generated:
+    """The sequences with pad after the first EOS, their attention mask (B, L), action mask (B, L-1),
+    ended_with_eos (B,) and response lengths (B,). Tokens after the first EOS are not part of the response and get
+    no loss."""
     response = sequences[:, prompt_length:]  # (B, T)
     is_eos = response == eos_token_id
     ended = is_eos.any(dim=1)
@@ -64,11 +164,23 @@ def truncate_after_eos(
     cleaned = torch.cat([sequences[:, :prompt_length], cleaned_response], dim=1)
     attention_mask = torch.cat([prompt_mask.to(response_mask.dtype), response_mask], dim=1).long()
     action_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response_mask], dim=1)[:, 1:]
-    return cleaned, attention_mask, action_mask, ended, response_mask.sum(dim=1)
+    return Generated(cleaned, attention_mask, action_mask, ended, response_mask.sum(dim=1), prompt_length)
 
 
 def gather_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # (B, L-1, V), (B, L-1) -> (B, L-1)
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_logits(
+    model: Any,
+    input_ids: torch.Tensor,  # (B, L)
+    attention_mask: torch.Tensor,  # (B, L)
+    temperature: float,
+) -> torch.Tensor:  # (B, L-1, V) next-token logits at positions 0..L-2, divided by the temperature
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    return logits[:, :-1] / temperature
 
 
 def policy_log_probs(
@@ -78,10 +190,7 @@ def policy_log_probs(
     temperature: float,
 ) -> torch.Tensor:  # (B, L-1) log-prob of token t+1 under the policy at position t
     """Log-probs with the sampling temperature applied (rollout, reference and update must all divide by it)."""
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).logits
-    return gather_log_probs(logits[:, :-1] / temperature, input_ids[:, 1:])
+    return gather_log_probs(policy_logits(model, input_ids, attention_mask, temperature), input_ids[:, 1:])
 
 
 def _zero3_parameter_offload(engine: Any) -> Any:

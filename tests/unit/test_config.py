@@ -99,7 +99,10 @@ def test_cli_reports_one_line_and_exit_code_2():
 
 
 def test_launcher_local_rank_argument_is_stripped(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    # setenv first, so that teardown removes the LOCAL_RANK set below (a delenv of an absent variable records nothing
+    # to undo: LOCAL_RANK=1 leaked into later tests, whose subprocesses then thought they were not rank 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("LOCAL_RANK")
     argv = ["prog", "--local_rank=1", "--config-name", "sft", "train.epochs=1"]
     assert _strip_launcher_args(argv) == ["prog", "--config-name", "sft", "train.epochs=1"]
     import os
@@ -108,3 +111,68 @@ def test_launcher_local_rank_argument_is_stripped(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     assert _strip_launcher_args(["prog", "--local_rank", "3", "x=1"]) == ["prog", "x=1"]
     assert os.environ["LOCAL_RANK"] == "3"
+
+
+def _recipe_error_line(recipe: str, overrides: list[str]) -> str:
+    with pytest.raises(Exception) as info:
+        validate(load_config(recipe, overrides), world_size=1)
+    line = format_config_error(info.value)
+    assert "\n" not in line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "must_contain"),
+    [
+        ("sft", "optim.betas=[1.5,0.9]", "optim.betas"),
+        ("sft", "optim.betas=[0.9,-0.1]", "optim.betas"),
+        ("sft", "optim.betas=[0.9,1.0]", "optim.betas"),
+        ("reward_model", "optim.betas=[0.9,nan]", "optim.betas"),
+        ("sft", "optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("cost_model", "optim.weight_decay=inf", "optim.weight_decay"),
+        # PPO has two optimizers: the message names the one that is wrong
+        ("ppo_lag", "actor_optim.betas=[1.5,0.9]", "actor_optim.betas"),
+        ("ppo", "critic_optim.weight_decay=-0.1", "critic_optim.weight_decay"),
+        ("ppo_lag", "critic_optim.lr=-1", "critic_optim.lr"),
+    ],
+)
+def test_optimizer_ranges_are_checked_under_the_key_of_the_optimizer(recipe, override, must_contain):
+    line = _recipe_error_line(recipe, [override])
+    assert line.startswith(f"{must_contain}="), line
+
+
+def test_optimizer_config_built_directly_checks_its_ranges():
+    from safe_rlhf.config import OptimizerConfig
+
+    OptimizerConfig(betas=[0.0, 0.999], weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"optim\.betas"):
+        OptimizerConfig(betas=[1.5, 0.9])
+    with pytest.raises(ConfigError, match=r"optim\.weight_decay"):
+        OptimizerConfig(weight_decay=float("nan"))
+
+
+def test_cli_rejects_out_of_range_betas_in_one_line_with_exit_code_2():
+    result = run_cli([sys.executable, "-m", "safe_rlhf.train", "--config-name", "sft", "optim.betas=[1.5,0.9]"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: optim.betas="), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "override", ["train.save_total_limit=0", "train.save_steps=-1", "train.eval_steps=-5", "train.log_steps=0"]
+)
+@pytest.mark.parametrize("recipe", ["sft", "ppo_lag"])
+def test_both_train_configs_check_the_shared_keys(recipe, override):
+    assert _recipe_error_line(recipe, [override]).startswith(override.split("=")[0] + "=")
+
+
+def test_train_configs_share_one_base():
+    import dataclasses
+
+    from safe_rlhf.config import BaseTrainConfig, RLTrainConfig, TrainConfig
+
+    shared = {f.name for f in dataclasses.fields(BaseTrainConfig)}
+    assert {"epochs", "max_steps", "save_steps", "save_total_limit", "eval_steps", "resume"} <= shared
+    for schema, own in ((TrainConfig, {"batch_size"}), (RLTrainConfig, {"rollout_batch_size", "mini_batch_size"})):
+        assert issubclass(schema, BaseTrainConfig)
+        assert {f.name for f in dataclasses.fields(schema)} == shared | own
