@@ -18,10 +18,13 @@ padding for generation, and a chat template. The default vocabulary is 1024, whi
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -148,9 +151,97 @@ def build_tiny_assets(output_dir: str | Path, *, seed: int = 0, **model_kwargs: 
     return output_dir
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); pass others through."""
+# Config value -> the config key(s) holding it, filled by remember_config_keys (write_run_files calls it), so that a
+# bad model path is reported under the key the user typed (model.name_or_path, actor.name_or_path, reward_model, ...)
+# by loaders that only receive the path.
+_CONFIG_KEYS: dict[str, list[str]] = {}
+# What a Hugging Face hub id looks like: NAME or ORG/NAME of letters, digits, "-", "_", "." (at most 96 each).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+
+
+def remember_config_keys(values: dict[str, Any]) -> None:
+    """Record which config keys hold which string values (the run's resolved config as a dict)."""
+    _CONFIG_KEYS.clear()
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}{key}.")
+        elif isinstance(value, str) and value:
+            _CONFIG_KEYS.setdefault(value, []).append(prefix[:-1])
+
+    walk(values, "")
+
+
+def config_key_for(value: str, default: str | None = None) -> str | None:
+    """The config key(s) holding ``value`` ("a / b" when several do), or ``default``."""
+    keys = _CONFIG_KEYS.get(value)
+    return " / ".join(keys) if keys else default
+
+
+def _named(key: str | None, path: str) -> str:
+    """``key=path`` for error lines, or ``model path PATH`` when no config key is known."""
+    return f"{key}={path}" if key else f"model path {path}"
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """A value that cannot be a hub id (``./x``, ``/x``, ``~/x``, ``a/b/c``), or ``a/b`` where ``./a`` is a local
+    directory (``runs/model`` is a typo of a run directory, not a hub repository)."""
+    if name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or not _HUB_ID.match(name_or_path):
+        return True
+    return "/" in name_or_path and Path(name_or_path.split("/", 1)[0]).is_dir()
+
+
+def check_model_path(name_or_path: str, key: str | None = None) -> None:
+    """Raise ConfigError (one line naming the config key and the path) for a model path that cannot load: a missing
+    local directory, a file, or a directory whose config.json is empty or not JSON. Hub ids pass (nothing is fetched
+    here); without this, a typo in a local path ends in transformers' misleading "Repo id must be in the form ..."."""
+    from safe_rlhf.config import ConfigError
+
+    named = _named(key or config_key_for(name_or_path), name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if config_file.is_file():
+            try:
+                parsed = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                reason = "is empty" if config_file.stat().st_size == 0 else f"is not valid JSON ({error})"
+                raise ConfigError(
+                    f"{named}: {config_file} {reason}; the model directory is damaged (export or download it again)"
+                ) from None
+            if not isinstance(parsed, dict):
+                raise ConfigError(f"{named}: {config_file} holds {type(parsed).__name__}, not an object")
+        return
+    if path.exists():
+        raise ConfigError(f"{named}: is a file; give a Hugging Face model directory or a hub id")
+    if looks_like_local_path(name_or_path):
+        raise ConfigError(
+            f"{named}: no such model directory (hub ids look like ORG/NAME; '{TINY_MODEL_ALIAS}' is the built-in "
+            "offline model)"
+        )
+
+
+def from_pretrained(loader: Any, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(path, **kwargs)`` with its errors (OSError, ValueError: a missing file, a config.json
+    without model_type, a tokenizer that cannot be built) as one ConfigError line naming the config key and path."""
+    from safe_rlhf.config import ConfigError
+
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(
+            f"{_named(key or config_key_for(path), path)}: {getattr(loader, '__name__', 'loader')} cannot load it "
+            f"({type(error).__name__}: {first_line[:300]})"
+        ) from None
+
+
+def resolve_model_path(name_or_path: str, key: str | None = None) -> str:
+    """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); check the others (see
+    :func:`check_model_path`) and pass them through."""
     if name_or_path != TINY_MODEL_ALIAS:
+        check_model_path(name_or_path, key)
         return name_or_path
     target = cache_dir() / f"tiny-llama-v{TINY_ASSETS_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)

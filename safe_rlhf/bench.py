@@ -100,6 +100,7 @@ def worker(setup: str, root: Path) -> None:
         "generation.top_k=0",
         "generation.top_p=1.0",
         "train.export=false",
+        "train.overwrite=true",  # the same run directory every time the benchmark runs
         *SETUPS[setup]["overrides"],
     ]
     config = load_config("ppo_lag", overrides)

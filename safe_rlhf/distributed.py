@@ -92,7 +92,7 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate 1-D tensors of possibly different lengths from every rank along dim 0 (rank order)."""
+    """Concatenate tensors from every rank along dim 0 (rank order); dim 0 may differ (even be 0) between ranks."""
     if world_size() == 1:
         return tensor
     length = torch.tensor([tensor.shape[0]], device=device())

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,10 +85,12 @@ def load_tokenizer(model_config: ModelConfig) -> Any:
     """The tokenizer for ``model_config``, with a pad token distinct from eos (required for RLHF)."""
     from transformers import AutoTokenizer
 
-    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.assets import config_key_for, from_pretrained, resolve_model_path
 
-    path = resolve_model_path(model_config.tokenizer or model_config.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
+    name = model_config.tokenizer or model_config.name_or_path
+    key = config_key_for(name, "model.tokenizer" if model_config.tokenizer else "model.name_or_path")
+    path = resolve_model_path(name, key)
+    tokenizer = from_pretrained(AutoTokenizer, path, key=key, trust_remote_code=model_config.trust_remote_code)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ConfigError(
             f"tokenizer at {path} has pad_token_id={tokenizer.pad_token_id} and eos_token_id={tokenizer.eos_token_id}; "
@@ -101,11 +104,14 @@ def load_causal_lm(model_config: ModelConfig, ds_config: dict[str, Any], setting
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.assets import config_key_for, from_pretrained, resolve_model_path
 
     context = HfDeepSpeedConfig(ds_config) if settings.zero_stage == 3 else None
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(model_config.name_or_path),
+    key = config_key_for(model_config.name_or_path, "model.name_or_path")
+    model = from_pretrained(
+        AutoModelForCausalLM,
+        resolve_model_path(model_config.name_or_path, key),
+        key=key,
         dtype=compute_dtype(settings),
         trust_remote_code=model_config.trust_remote_code,
     )
@@ -116,10 +122,21 @@ def load_causal_lm(model_config: ModelConfig, ds_config: dict[str, Any], setting
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Dropout off everywhere: log-probs must be reproducible between rollout and update (and between resumes)."""
+    """Dropout off everywhere: log-probs must be reproducible between rollout and update (and between resumes).
+
+    Besides ``nn.Dropout`` modules and the config, the float probabilities that modules copied from the config at
+    construction (Llama / Qwen2 attention keeps ``self.attention_dropout`` and applies it in train mode, eager and
+    sdpa alike) are zeroed. Sub-modules, parameters and buffers of such names live outside the instance ``__dict__``
+    and are not touched; bools and ints are flags or sizes, not probabilities."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        for name, value in list(vars(module).items()):
+            # attention_dropout, hidden_dropout, dropout_p, attn_pdrop, drop_rate, ...: a probability when a float.
+            lowered = name.lower()
+            named_dropout = "dropout" in lowered or lowered.endswith(("pdrop", "drop_rate", "drop_prob"))
+            if type(value) is float and value > 0.0 and named_dropout:
+                setattr(module, name, 0.0)
     config = getattr(model, "config", None)
     for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if config is not None and hasattr(config, name) and isinstance(getattr(config, name), float):
@@ -244,35 +261,49 @@ def save_checkpoint(
         temporary_latest = root / f".{LATEST_FILE}.tmp"
         temporary_latest.write_text(tag)
         os.replace(temporary_latest, root / LATEST_FILE)
-        _prune(root, keep_last)
+        _prune(root, keep_last, newest=tag)
     distributed.barrier()
     return root / tag
 
 
 MANIFEST_FILE = "manifest.json"
-# Files up to this size also get a sha256 in the manifest; larger ones (multi-GB optimizer shards) only their size,
-# which catches the usual damage (a truncated or missing file) without reading terabytes at every resume.
-HASH_LIMIT_BYTES = 256 * 1024 * 1024
+# Every file gets a sha256, whatever its size: a bit flip in a multi-GB optimizer shard is as fatal as one in a small
+# file, and only a checksum catches it (sizes catch truncation only). Files are read in blocks of HASH_BLOCK_BYTES,
+# several at once (hashlib releases the GIL), so the cost is about one read of the checkpoint at the disk's speed;
+# ``python -m safe_rlhf.bench_checksum`` measures it.
+HASH_BLOCK_BYTES = 8 << 20
+HASH_THREADS = min(8, os.cpu_count() or 1)
 
 
 def _sha256(path: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    buffer = bytearray(HASH_BLOCK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
     return digest.hexdigest()
 
 
+def _sha256_all(paths: list[Path]) -> list[str]:
+    """sha256 of each path, in order, hashed by up to HASH_THREADS threads."""
+    if len(paths) <= 1 or HASH_THREADS <= 1:
+        return [_sha256(path) for path in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(paths))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
 def write_manifest(directory: Path) -> None:
-    """Record every file of a checkpoint (size, and sha256 for files up to HASH_LIMIT_BYTES)."""
-    files: dict[str, dict[str, Any]] = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        entry: dict[str, Any] = {"size": path.stat().st_size}
-        if entry["size"] <= HASH_LIMIT_BYTES:
-            entry["sha256"] = _sha256(path)
-        files[str(path.relative_to(directory))] = entry
+    """Record every file of a checkpoint: its size and sha256."""
+    paths = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    files = {
+        str(path.relative_to(directory)): {"size": path.stat().st_size, "sha256": digest}
+        for path, digest in zip(paths, _sha256_all(paths))
+    }
     (directory / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1))
 
 
@@ -283,14 +314,18 @@ def verify_checkpoint(directory: Path) -> None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{manifest_path}: missing or unreadable checkpoint manifest ({error})") from None
-    for relative, entry in manifest["files"].items():
+    hashed: list[tuple[Path, str]] = []
+    for relative, entry in manifest["files"].items():  # the cheap checks first, then the reads
         path = directory / relative
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in the checkpoint manifest but missing")
         size = path.stat().st_size
         if size != entry["size"]:
             raise CheckpointError(f"{path}: {size} bytes, the checkpoint manifest says {entry['size']} (truncated?)")
-        if "sha256" in entry and _sha256(path) != entry["sha256"]:
+        if "sha256" in entry:  # manifests written before every file was hashed have sizes only for large files
+            hashed.append((path, entry["sha256"]))
+    for (path, expected), actual in zip(hashed, _sha256_all([path for path, _ in hashed])):
+        if actual != expected:
             raise CheckpointError(f"{path}: content differs from the checkpoint manifest (sha256 mismatch)")
 
 
@@ -308,13 +343,18 @@ def _set_python_rng_state(state: list[Any]) -> None:
     random.setstate((int(version), tuple(int(v) for v in internal), gauss))
 
 
-def _prune(root: Path, keep_last: int) -> None:
+def _prune(root: Path, keep_last: int, newest: str | None = None) -> None:
+    """Keep ``keep_last`` checkpoints: ``newest`` (the one just written, which ``latest`` names) always, then the
+    highest steps among the others. Pruning by step alone would delete the new checkpoint when a reused output_dir
+    still holds higher steps of an earlier run, leaving ``latest`` naming a deleted directory."""
     steps = sorted(
         (int(path.name.split("-", 1)[1]), path)
         for path in root.glob("step-*")
         if path.is_dir() and path.name.split("-", 1)[1].isdigit()
     )
-    for _, path in steps[: max(0, len(steps) - keep_last)]:
+    others = [path for _, path in steps if path.name != newest]
+    keep_others = max(0, keep_last - (1 if newest is not None and (root / newest).is_dir() else 0))
+    for path in others[: max(0, len(others) - keep_others)]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -337,6 +377,24 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
     return path
 
 
+def refused_pickle_error(source: Any, error: BaseException) -> CheckpointError:
+    """One line for a file the restricted unpickler refused. torch's own message spans many lines and suggests
+    ``weights_only=False``, i.e. running whatever code the file holds: exactly what must not be done here."""
+    import re
+
+    text = str(error)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        what = f"refused to unpickle {refused.group(1)}"
+    else:
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+        what = f"refused to unpickle it ({first_line[:200]})"
+    return CheckpointError(
+        f"{source}: holds objects outside the allowed set (tensors, plain containers and DeepSpeed's own state); "
+        f"{what}; resume only from checkpoints you trust"
+    )
+
+
 @contextlib.contextmanager
 def restricted_torch_load() -> Iterator[None]:
     """Make DeepSpeed's checkpoint loading use ``torch.load(weights_only=True)``.
@@ -353,7 +411,11 @@ def restricted_torch_load() -> Iterator[None]:
 
     def weights_only_load(*args: Any, **kwargs: Any) -> Any:
         kwargs["weights_only"] = True
-        return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        except pickle.UnpicklingError as error:
+            source = args[0] if args else kwargs.get("f", "checkpoint file")
+            raise refused_pickle_error(source, error) from None
 
     with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
         torch.load = weights_only_load  # type: ignore[assignment]
@@ -380,15 +442,11 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
                 load_path, _ = engine.load_checkpoint(
                     str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
                 )
+        except CheckpointError:
+            raise  # already one line naming the file (a refused pickle)
         except Exception as error:  # DeepSpeed raises many kinds; name the file
-            import re
-
-            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            if refused:
-                raise CheckpointError(
-                    f"{path / name}: refused to unpickle {refused.group(1)} (checkpoints hold tensors and DeepSpeed "
-                    "state only); resume only from checkpoints you trust"
-                ) from None
+            if isinstance(error, pickle.UnpicklingError) or "Unsupported global" in str(error):
+                raise refused_pickle_error(path / name, error) from None
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise CheckpointError(f"{path / name}: cannot load ({type(error).__name__}: {first_line})") from None
         if load_path is None:
@@ -397,8 +455,11 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     if rng_file.exists():
         try:
             rng_state = torch.load(rng_file, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise refused_pickle_error(rng_file, error) from None
         except Exception as error:
-            raise CheckpointError(f"{rng_file}: cannot load ({type(error).__name__}: {error})") from None
+            first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+            raise CheckpointError(f"{rng_file}: cannot load ({type(error).__name__}: {first_line})") from None
         _set_python_rng_state(rng_state["python"])
         torch.random.set_rng_state(rng_state["torch"])
         if torch.cuda.is_available() and rng_state["cuda"]:

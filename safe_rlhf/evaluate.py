@@ -14,14 +14,142 @@ accuracy against the ground-truth judges. Writes ``output_dir/scores.jsonl`` (on
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from safe_rlhf import distributed, engines
 from safe_rlhf.config import ConfigError, ScoreEvalConfig
 from safe_rlhf.logger import write_run_files
+from safe_rlhf.score_metrics import ScoredPair
+
+
+def toy_world_truth(sample: Any) -> tuple[tuple[float, float], tuple[int, int]] | None:
+    """Ground-truth helpfulness and harm severity of both responses when the sample is from the toy world (its
+    origin names a toy-world file); None for any other sample."""
+    if "toyworld" not in getattr(sample, "origin", ""):
+        return None
+    from safe_rlhf.toyworld import harm, helpfulness
+
+    prompt = sample.prompt
+    helps = (helpfulness(prompt, sample.responses[0]), helpfulness(prompt, sample.responses[1]))
+    severities = (harm(prompt, sample.responses[0]).severity, harm(prompt, sample.responses[1]).severity)
+    return helps, severities
+
+
+def judged(pair: ScoredPair, sample: Any) -> ScoredPair:
+    """``pair`` with the toy world's judgements of both responses when ``sample`` is from the toy world."""
+    truth = toy_world_truth(sample)
+    if truth is None:
+        return pair
+    return dataclasses.replace(pair, true_helpfulness=truth[0], true_severity=truth[1])
+
+
+@torch.no_grad()
+def score_pairs(
+    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, device: torch.device
+) -> list[ScoredPair]:
+    """Score both responses of every pair (this rank's share; :func:`gather_pairs` joins them), judged by the toy
+    world where it can. ZeRO-3-safe: every rank makes the same number of forward passes."""
+    from safe_rlhf.data import collate_preference
+    from safe_rlhf.recipes.common import chunks, shard, to_device
+    from safe_rlhf.score_model import end_scores
+
+    pairs: list[ScoredPair] = []
+    indices = shard(list(range(len(items))))
+    per_rank = -(-len(items) // distributed.world_size())
+    passes = -(-per_rank // batch_size)
+    batches = list(chunks(indices, batch_size))
+    for pass_index in range(passes):
+        batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
+        batch = to_device(collate_preference([items[i] for i in batch_ids], pad_token_id), device)
+        # Response order as in the data: "better" is better_id, so map back.
+        better = end_scores(model, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
+        worse = end_scores(model, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
+        if pass_index >= len(batches):
+            continue
+        for row, index in enumerate(batch_ids):
+            item, sample = items[index], samples[index]
+            scores = [0.0, 0.0]
+            scores[item.better_id] = float(better[row])
+            scores[1 - item.better_id] = float(worse[row])
+            pair = ScoredPair(
+                scores=(scores[0], scores[1]),
+                lengths=item.lengths,
+                better_id=item.better_id,
+                safer_id=item.safer_id,
+                is_safe=tuple(sample.is_safe),  # type: ignore[arg-type]
+                severity=tuple(sample.severity),  # type: ignore[arg-type]
+                categories=tuple(sample.harm_categories),  # type: ignore[arg-type]
+            )
+            pairs.append(judged(pair, sample))
+    return pairs
+
+
+def gather_pairs(pairs: list[ScoredPair]) -> list[ScoredPair]:
+    """Every rank's pairs, on every rank (rank order)."""
+    if distributed.world_size() == 1:
+        return pairs
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * distributed.world_size()
+    dist.all_gather_object(gathered, pairs)
+    return [pair for part in gathered for pair in part]
+
+
+def score_model_evaluation(
+    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, score_type: str
+) -> dict[str, Any]:
+    """The score-model summary (:func:`safe_rlhf.score_metrics.score_model_summary`) of tokenized preference pairs,
+    scored by ``model`` (an engine, on every rank). The training recipe's evaluation and ``--config-name score_model``
+    both come here, so their numbers agree."""
+    from safe_rlhf.score_metrics import score_model_summary
+
+    pairs = gather_pairs(score_pairs(model, samples, items, pad_token_id, batch_size, distributed.device()))
+    return score_model_summary(pairs, score_type)
+
+
+@dataclass
+class ScoredPreferences:
+    """What :func:`score_preference_pairs` returns: the frozen engine (the caller shuts it down), the model's
+    ``safe_rlhf`` metadata, every pair's scores (on every rank) and the data loading stats."""
+
+    engine: Any
+    metadata: dict[str, Any]
+    pairs: list[ScoredPair]
+    stats: Any
+
+
+def score_preference_pairs(
+    model_config: Any, data: Any, deepspeed_config: Any, batch_size: int, seed: int
+) -> ScoredPreferences:
+    """Load the score model of ``model_config`` as a frozen engine and score every pair of ``data.train``."""
+    from safe_rlhf.data import load_samples
+    from safe_rlhf.recipes.score_model import ScoreModelRecipe
+    from safe_rlhf.score_model import load_score_model, score_metadata
+
+    tokenizer = engines.load_tokenizer(model_config)
+    model = load_score_model(model_config.name_or_path, trust_remote_code=model_config.trust_remote_code)
+    ds_config = engines.deepspeed_config(
+        deepspeed_config, micro_batch_size=batch_size, gradient_accumulation_steps=1, trainable=False
+    )
+    engine = engines.frozen_engine(model, ds_config)
+    try:
+        result = load_samples(data.train, kind="preference", on_error=data.on_error, seed=seed)
+        samples, items = ScoreModelRecipe._tokenize_with(
+            result.samples, tokenizer, data.max_length, data.on_error, regression=False
+        )
+        pairs = gather_pairs(
+            score_pairs(engine, samples, items, tokenizer.pad_token_id, batch_size, distributed.device())
+        )
+    except BaseException:
+        engine.destroy()  # the caller never gets it to shut down
+        raise
+    return ScoredPreferences(engine=engine, metadata=score_metadata(model), pairs=pairs, stats=result.stats)
 
 
 class ScoreModelEvaluation:
@@ -33,37 +161,19 @@ class ScoreModelEvaluation:
         self.engine: Any = None
 
     def run(self) -> None:
-        from safe_rlhf.data import load_samples
-        from safe_rlhf.recipes.score_model import gather_pairs, score_pairs
         from safe_rlhf.score_metrics import score_model_summary
-        from safe_rlhf.score_model import load_score_model, score_metadata
 
         config = self.config
         try:
             distributed.init_distributed()
             write_run_files(self.run_dir, config)
-            tokenizer = engines.load_tokenizer(config.model)
-            model = load_score_model(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+            scored = score_preference_pairs(config.model, config.data, config.deepspeed, config.batch_size, config.seed)
+            self.engine, pairs = scored.engine, scored.pairs
             score_type = config.score_type
             if score_type == "auto":
-                score_type = score_metadata(model).get("score_type", "reward")
-            ds_config = engines.deepspeed_config(
-                config.deepspeed, micro_batch_size=config.batch_size, gradient_accumulation_steps=1, trainable=False
-            )
-            self.engine = engines.frozen_engine(model, ds_config)
-            result = load_samples(config.data.train, kind="preference", on_error=config.data.on_error, seed=config.seed)
-            from safe_rlhf.recipes.score_model import ScoreModelRecipe
-
-            samples, items = ScoreModelRecipe._tokenize_with(
-                result.samples, tokenizer, config.data.max_length, config.data.on_error, regression=False
-            )
-            pairs = gather_pairs(
-                score_pairs(
-                    self.engine, samples, items, tokenizer.pad_token_id, config.batch_size, distributed.device()
-                )
-            )
+                score_type = scored.metadata.get("score_type", "reward")
             summary = score_model_summary(pairs, score_type)
-            summary["data"] = {"spec": config.data.train, "read": result.stats.read, "skipped": result.stats.skipped}
+            summary["data"] = {"spec": config.data.train, "read": scored.stats.read, "skipped": scored.stats.skipped}
             if distributed.is_main_process():
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 with open(self.run_dir / "scores.jsonl", "w") as handle:
@@ -223,29 +333,15 @@ class LengthBiasEvaluation:
             reward_gain_decomposition,
             score_length_correlation,
         )
-        from safe_rlhf.data import load_samples
-        from safe_rlhf.recipes.score_model import ScoreModelRecipe, gather_pairs, score_pairs
-        from safe_rlhf.score_model import load_score_model
 
         config = self.config
         try:
             distributed.init_distributed()
             write_run_files(self.run_dir, config)
-            tokenizer = engines.load_tokenizer(_model_config(config.reward_model))
-            model = load_score_model(config.reward_model)
-            ds_config = engines.deepspeed_config(
-                config.deepspeed, micro_batch_size=config.batch_size, gradient_accumulation_steps=1, trainable=False
+            scored = score_preference_pairs(
+                _model_config(config.reward_model), config.data, config.deepspeed, config.batch_size, config.seed
             )
-            self.engine = engines.frozen_engine(model, ds_config)
-            result = load_samples(config.data.train, kind="preference", on_error=config.data.on_error, seed=config.seed)
-            samples, items = ScoreModelRecipe._tokenize_with(
-                result.samples, tokenizer, config.data.max_length, config.data.on_error, regression=False
-            )
-            pairs = gather_pairs(
-                score_pairs(
-                    self.engine, samples, items, tokenizer.pad_token_id, config.batch_size, distributed.device()
-                )
-            )
+            self.engine, pairs = scored.engine, scored.pairs
             if not distributed.is_main_process():
                 return
             summary: dict[str, Any] = {

@@ -18,23 +18,74 @@ from typing import Any
 
 from safe_rlhf import distributed
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Config keys whose values are secrets: exact names, compared case-insensitively with a key's last component (a
+# substring rule would hide ordinary keys such as model.tokenizer).
+SECRET_KEYS = frozenset(
+    {
+        "api_key", "apikey", "wandb_api_key", "openai_api_key", "hf_token", "hub_token", "huggingface_token", "token",
+        "access_token", "auth_token", "bearer_token", "refresh_token", "password", "passwd", "secret", "secret_key",
+        "client_secret", "private_key", "credential", "credentials",
+    }
+)  # fmt: skip
+# Environment variables holding secrets: their values are redacted wherever they appear.
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "OPENAI_API_KEY")
+# Token formats recognisable by their prefix (Hugging Face, OpenAI, GitHub, Slack, AWS), redacted in any text even when
+# no environment variable names them, e.g. a token pasted into logger.run_name on the command line.
+TOKEN_PATTERN = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})"
+)
+# A secret value shorter than this only hides a value equal to it: replacing every "abc" inside paths would be noise.
+MIN_SUBSTRING_SECRET = 6
+REDACTED = "***"
 
 
-def redact(value: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced by '***' (config dumps must never hold secrets)."""
+def is_secret_key(key: object) -> bool:
+    """Whether a config key (dotted or not) names a secret: its last component is one of SECRET_KEYS."""
+    return str(key).rsplit(".", 1)[-1].lower() in SECRET_KEYS
+
+
+def secret_values(config: Any = None) -> frozenset[str]:
+    """The secret strings of this run: values of SECRET_ENV variables and of every secret key in ``config``."""
+    found = {os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
+
+    def collect(value: Any, under_secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, under_secret or is_secret_key(key))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item, under_secret)
+        elif under_secret and value is not None and not isinstance(value, bool) and str(value):
+            found.add(str(value))
+
+    collect(config, False)
+    return frozenset(found)
+
+
+def redact_text(text: str, secrets: frozenset[str] | None = None) -> str:
+    """``text`` with every secret value (see :func:`secret_values`) and every token-shaped string replaced by '***'."""
+    secrets = secret_values() if secrets is None else secrets
+    if text in secrets:
+        return REDACTED
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: a secret containing another is hidden whole
+        if len(secret) >= MIN_SUBSTRING_SECRET and secret in text:
+            text = text.replace(secret, REDACTED)
+    return TOKEN_PATTERN.sub(REDACTED, text)
+
+
+def redact(value: Any, secrets: frozenset[str] | None = None) -> Any:
+    """A copy for writing anywhere: values under secret keys become '***', and so does every secret value inside any
+    other string (see :func:`redact_text`). ``secrets`` defaults to the environment's plus those found in ``value``."""
+    secrets = secret_values(value) if secrets is None else secrets
     if isinstance(value, dict):
         return {
-            k: ("***" if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in value.items()
+            k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v, secrets)) for k, v in value.items()
         }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
+    if isinstance(value, list | tuple):
+        return [redact(item, secrets) for item in value]
     if isinstance(value, str):
-        for name in _SECRET_ENV:
-            secret = os.environ.get(name)
-            if secret and len(secret) >= 8 and secret in value:
-                value = value.replace(secret, "***")
+        return redact_text(value, secrets)
     return value
 
 
@@ -43,17 +94,28 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def write_run_files(run_dir: str | Path, config: Any) -> None:
-    """Rank 0 writes the resolved config and the exact launch command into the run directory."""
+    """Rank 0 writes the resolved config and the exact launch command into the run directory.
+
+    Every recipe calls this early in its setup on every rank, which makes it the one place for the run-directory guard
+    (:func:`safe_rlhf.rundir.prepare_run_dir`: lock, used-directory refusal, resume config check); the guard runs
+    first, so the config of the run being resumed is compared before config.yaml is replaced.
+    """
+    from safe_rlhf import assets, rundir
+
+    values = config_to_dict(config)
+    run_dir = Path(run_dir)
+    rundir.prepare_run_dir(run_dir, config)
+    assets.remember_config_keys(values)
     if not distributed.is_main_process():
         return
     import yaml
 
-    run_dir = Path(run_dir)
+    secrets = secret_values(values)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(redact(config_to_dict(config)), sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(redact(values, secrets), sort_keys=False))
     launcher_env = {k: os.environ[k] for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
     command = " ".join(shlex.quote(arg) for arg in [sys.executable, "-m", "safe_rlhf.train", *sys.argv[1:]])
-    lines = [redact(command), *(f"# {k}={v}" for k, v in launcher_env.items())]
+    lines = [redact_text(command, secrets), *(f"# {k}={v}" for k, v in launcher_env.items())]
     (run_dir / "command.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -80,11 +142,14 @@ class MetricLogger:
         self._progress: Any = None
         self._metrics_file: Any = None
         self._last_time = time.perf_counter()
+        # Everything this logger writes (metrics.jsonl, wandb's run name, config and files, console lines) goes through
+        # the same redaction as config.yaml, with the secrets of this run's config and environment.
+        self._secrets = secret_values(config)
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")
-        name = run_name or self.run_dir.name
+        name = redact_text(run_name or self.run_dir.name, self._secrets)
         if "console" in self.backends:
             from tqdm.auto import tqdm
 
@@ -95,13 +160,22 @@ class MetricLogger:
             mode = wandb_mode
             if mode == "auto":
                 mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self._wandb_run = wandb.init(
-                project=project,
-                name=name,
-                dir=str(self.run_dir),
-                mode=mode,  # type: ignore[arg-type]  # checked against the allowed values in LoggerConfig
-                config=redact(config or {}),
-            )
+            # wandb copies sys.argv into its run metadata, and with console capture every line printed by any library
+            # into output.log; neither can be redacted afterwards, so argv is redacted while wandb reads it and console
+            # capture is off (metrics.jsonl and the launcher's log keep the console).
+            saved_argv = sys.argv
+            sys.argv = [redact_text(arg, self._secrets) for arg in sys.argv]
+            try:
+                self._wandb_run = wandb.init(
+                    project=redact_text(project, self._secrets),
+                    name=name,
+                    dir=str(self.run_dir),
+                    mode=mode,  # type: ignore[arg-type]  # checked against the allowed values in LoggerConfig
+                    config=redact(config or {}, self._secrets),
+                    settings=wandb.Settings(console="off"),
+                )
+            finally:
+                sys.argv = saved_argv
         if "tensorboard" in self.backends:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -110,7 +184,7 @@ class MetricLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) for k, v in metrics.items()}
+        clean = {redact_text(k, self._secrets): float(v) for k, v in metrics.items()}
         self._metrics_file.write(json.dumps({"step": step, **clean}) + "\n")
         self._metrics_file.flush()
         if self._wandb_run is not None:
@@ -130,6 +204,7 @@ class MetricLogger:
     def message(self, text: str) -> None:
         if not self.enabled:
             return
+        text = redact_text(text, self._secrets)
         if self._progress is not None:
             self._progress.write(text)
         elif "console" in self.backends:

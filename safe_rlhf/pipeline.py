@@ -43,6 +43,10 @@ class Pipeline:
         runner = ["--module", module] if prefix[0].endswith("deepspeed") else ["-m", module]
         if prefix[0].endswith("torchrun"):
             runner = ["-m", module]
+        if module == "safe_rlhf.train":
+            # A stage that did not finish runs again in its own directory: it continues from its newest checkpoint
+            # if it has one, otherwise its partial outputs are cleared (a used run directory is refused otherwise).
+            overrides = ["train.resume=auto", "train.overwrite=true", *overrides]
         command = [*prefix, *runner, "--config-name", config_name, *overrides]
         text = " ".join(shlex.quote(part) for part in command)
         self.commands.append(text)

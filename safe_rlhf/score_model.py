@@ -102,11 +102,41 @@ def token_scores(
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
 ) -> torch.Tensor:  # (B, L, K): the head applied at every position (critics use all of them)
-    # Positions count real tokens only, so a left-padded sequence gets the same positions as a right-padded one.
-    hidden = backbone(model)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).last_hidden_state  # (B, L, d)
-    return score_head(model)(hidden).float()
+    """The ``score`` head's output at every position, from one call of ``model`` itself.
+
+    ``model`` (a DeepSpeed engine or the bare model) is called as a whole, so the engine's forward runs (ZeRO-3
+    builds its parameter-prefetch trace there). Hugging Face's sequence-classification forward applies ``score`` to
+    every position before it pools one token per row; a forward hook on the head keeps that (B, L, K) output, with
+    its autograd graph. The pooled logits are not used (they rely on ``pad_token_id``; see :func:`end_scores`)."""
+    head = score_head(model)
+    captured: list[torch.Tensor] = []
+
+    def keep_output(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        captured.append(output)
+
+    # Without pad_token_id HF's pooling raises for batches > 1; any id serves it, its result is discarded. (An
+    # engine's own `config` is DeepSpeed's dict: the model's is on `engine.module`.)
+    config = getattr(model, "module", model).config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    missing_pad = getattr(config, "pad_token_id", None) is None
+    handle = head.register_forward_hook(keep_output)  # after ZeRO-3's own hooks: sees the output it passes on
+    try:
+        if missing_pad:
+            config.pad_token_id = 0
+        # Positions count real tokens only, so a left-padded sequence gets the same positions as a right-padded one.
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+        if missing_pad:
+            config.pad_token_id = None
+    if len(captured) != 1:
+        raise RuntimeError(f"the score head ran {len(captured)} times in one forward of {type(model).__name__}")
+    return captured[0].float()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
@@ -155,10 +185,10 @@ def load_score_model(
     critic with K outputs started from a one-output cost model keeps its backbone, not its head)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.assets import from_pretrained, resolve_model_path
 
     resolved = resolve_model_path(path)
-    config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    config = from_pretrained(AutoConfig, resolved, trust_remote_code=trust_remote_code)  # one line on a bad dir
     if score_dim is not None:
         config.num_labels = score_dim
     model = AutoModelForSequenceClassification.from_pretrained(

@@ -144,12 +144,13 @@ def to_schema_object(composed: Any) -> Any:
     """The recipe's schema object; keys the schema does not know (also ones added with ``+key=``) are errors."""
     from omegaconf import OmegaConf
 
-    from safe_rlhf.config import RECIPE_SCHEMAS, ConfigError
+    from safe_rlhf.config import RECIPE_SCHEMAS, ConfigError, check_optimizers
 
     recipe = composed.get("recipe")
     if recipe not in RECIPE_SCHEMAS:
         raise ConfigError(f"recipe={recipe!r} is not a known recipe; known: {', '.join(sorted(RECIPE_SCHEMAS))}")
     _reject_unknown_keys(OmegaConf.to_container(composed, resolve=False), RECIPE_SCHEMAS[recipe], prefix="")
+    check_optimizers(composed, RECIPE_SCHEMAS[recipe])  # names actor_optim / critic_optim in its messages
     return OmegaConf.to_object(composed)
 
 
@@ -184,10 +185,13 @@ def _precheck(args: list[str]) -> None:
     if not simple or config_name is None:
         return
     from safe_rlhf.config import validate
+    from safe_rlhf.rundir import check_output_dir
 
     try:
         config = load_config(config_name, overrides)
         validate(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        if isinstance(getattr(config, "output_dir", None), str):
+            check_output_dir(config.output_dir)  # before hydra's own mkdir turns a file / read-only path into a trace
     except Exception as error:  # every composition/validation failure becomes one line, never a traceback
         if _is_rank_zero():
             print(f"config error: {format_config_error(error)}", file=sys.stderr)
@@ -199,8 +203,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from safe_rlhf.config import ConfigError
     from safe_rlhf.engines import CheckpointError
     from safe_rlhf.recipes.common import NonFiniteError
+    from safe_rlhf.rundir import RunDirError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, NonFiniteError]
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, NonFiniteError, RunDirError]
     try:
         from safe_rlhf.data import DataError
 
@@ -213,10 +218,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def run_recipe(config: Any, run_dir: str) -> None:
     """Dispatch a validated schema object to its recipe."""
     from safe_rlhf.recipes import RECIPES
+    from safe_rlhf.rundir import release_lock
 
     recipe_class = RECIPES[config.recipe]
     recipe = recipe_class(config, run_dir)
-    recipe.run()
+    try:
+        recipe.run()
+    finally:
+        release_lock(run_dir)  # taken by the recipe's write_run_files; atexit would release it too, but later
 
 
 def main() -> None:

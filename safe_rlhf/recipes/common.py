@@ -207,6 +207,35 @@ def zero_backward(engine: Any, token_id: int) -> None:
     engine.backward(values.float().sum() * 0.0)
 
 
+def gradients_finite(engine: Any) -> bool:
+    """Whether the gradients the coming optimizer step would apply are finite, agreed by every rank.
+
+    A finite loss can still give a non-finite gradient (an inf that a mask hid in the forward pass). ZeRO stages 1-3
+    already skip such a step: their optimizers compute the global gradient norm (we always clip) and treat a
+    non-finite norm as an overflow, except bf16 under ZeRO-1/2, where DeepSpeed checks only with
+    ``check_grad_overflow``. Under ZeRO-0 the gradients are plain ``.grad`` tensors, already all-reduced at the
+    accumulation boundary, and nothing checks them; this does. Call between the boundary's backward and step."""
+    if engine.zero_optimization_stage() > 0:
+        return True
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in engine.module.parameters() if p.grad is not None)
+    return all_finite(torch.tensor(0.0 if finite else float("nan")))
+
+
+def step_unless_nonfinite_gradients(engine: Any) -> bool:
+    """``engine.step()``; at an accumulation boundary with non-finite gradients (see :func:`gradients_finite`) the
+    gradients are zeroed and the step runs at learning rate 0, so the weights keep their last good values and the
+    schedule advances. Returns False when the step was skipped."""
+    if not engine.is_gradient_accumulation_boundary() or gradients_finite(engine):
+        engine.step()
+        return True
+    for parameter in engine.module.parameters():
+        if parameter.grad is not None:
+            parameter.grad.zero_()
+    with paused_learning_rate(engine, active=True):
+        engine.step()
+    return False
+
+
 class paused_learning_rate:
     """Learning rate 0 for one optimizer step (every micro-batch of the step was skipped): the weights stay as they
     are, the schedule still advances."""

@@ -12,13 +12,21 @@ runs/cost_model/model)::
     python -m safe_rlhf.train --config-name ppo_lag lagrange.thresholds=[-2.0,0.1] \\
         lagrange.constraint_types=[mean,rate] lagrange.cost_indices=[0,0]
 
-One RL iteration reads like the method:
-1. generate: sample a response for each prompt (temperature applied again in every log-prob pass);
-2. score: reward model R and cost model C at the last real token; responses without EOS get a fixed score;
-3. streams: per-token r_t = -beta kl_t + [last] R and c_t = +beta kl_t + [last] C (safe_rlhf.algorithms);
-4. advantages: GAE per stream with the critics' values;
-5. multiplier: lambda_k from the window mean of episode costs across ranks (computed on rank 0, broadcast);
-6. update: PPO-clip on (A_r - sum lambda_k A_c,k) / (1 + sum lambda_k), clipped value losses for both critics.
+One RL iteration reads like the method (``iteration``; the same numbers label the code):
+1. generate: sample a response for each prompt, micro-batch by micro-batch, cut after the first EOS, and pad the
+   pieces into one rollout-batch record (``Rollout``, torchtune's Trajectory);
+2. score: reward model R and cost model C at the last real token;
+3. reward transforms over the whole rollout batch of every rank: no-EOS penalty, shaping, length penalty, scaling;
+4. log-probs of the actor ("old") and the reference (temperature applied in every pass) and the critics' values;
+5. streams: per-token r_t = -beta kl_t + [last] R and c_t = +beta kl_t + [last] C, GAE per stream
+   (safe_rlhf.algorithms); then the multipliers lambda_k from the window mean of episode costs across ranks
+   (computed on rank 0, broadcast);
+6. update: PPO-clip on (A_r - sum lambda_k A_c,k) / (1 + sum lambda_k), whitened over the batch of every rank,
+   clipped value losses for both critics; an optimizer step with a non-finite gradient is skipped.
+
+Logged besides: entropy, approximate KL between old and new policy, the mean ratio, and each critic's explained
+variance (CleanRL's diagnostics). Evaluation answers held-out prompts; judging and summaries live in
+safe_rlhf.analysis.policy_eval, so this recipe knows no dataset's ground truth.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from safe_rlhf.recipes.common import (
     save_or_stop,
     seed_everything,
     shard,
+    step_unless_nonfinite_gradients,
     to_device,
     zero_backward,
 )
@@ -77,6 +86,11 @@ from safe_rlhf.recipes.rollout import (
     truncate_after_eos,
 )
 from safe_rlhf.score_model import end_scores, load_score_model, score_metadata, scores_for_use, token_scores
+
+
+def ptx_max_length(config: PPOConfig) -> int:
+    """Longest ptx sample: ``data.ptx_max_length``, or by default as long as a rollout (prompt + response budget)."""
+    return config.data.ptx_max_length or config.data.max_prompt_length + config.generation.max_new_tokens
 
 
 class PPORecipe:
@@ -178,7 +192,7 @@ class PPORecipe:
             from safe_rlhf.recipes.sft import tokenize_sft_samples
 
             # A ptx sample is as long as a rollout unless configured: prompt budget + response budget.
-            max_length = data.ptx_max_length or data.max_prompt_length + self.config.generation.max_new_tokens
+            max_length = ptx_max_length(self.config)
             ptx = load_samples(data.ptx, kind="sft", on_error=data.on_error, seed=self.config.seed)
             self.ptx_items, counts = tokenize_sft_samples(ptx.samples, self.tokenizer, max_length, data.on_error)
             distributed.print0(
@@ -514,7 +528,7 @@ class PPORecipe:
                 if self.ptx_items:
                     total_actor_loss = total_actor_loss + config.ppo.ptx_coeff * self._ptx_loss(update_index)
                 self._backward_or_skip(actor, total_actor_loss, "actor", index)
-                actor.step()
+                self._step(actor, "actor", index)
                 stats["entropy"].append(float(masked_entropy(logits.detach(), micro.action_mask)))
                 del logits
                 # 6b. reward critic: clipped value loss against the GAE returns.
@@ -523,7 +537,7 @@ class PPORecipe:
                     values, micro.reward_values, micro.reward_returns, micro.action_mask, config.ppo.value_clip
                 )
                 self._backward_or_skip(reward_critic, reward_critic_loss, "reward critic", index)
-                reward_critic.step()
+                self._step(reward_critic, "reward critic", index)
                 # 6c. cost critic (ppo_lag): one value head per constraint.
                 if cost_critic is not None:
                     cost_values = token_scores(cost_critic, micro.input_ids, micro.attention_mask)[:, :-1, :]
@@ -538,7 +552,7 @@ class PPORecipe:
                         for k in range(self.num_constraints)
                     )
                     self._backward_or_skip(cost_critic, cost_critic_loss, "cost critic", index)  # type: ignore[arg-type]
-                    cost_critic.step()
+                    self._step(cost_critic, "cost critic", index)
                     stats["cost_critic_loss"].append(float(cost_critic_loss.detach()))  # type: ignore[union-attr]
                 stats["actor_loss"].append(float(actor_loss.detach()))
                 stats["reward_critic_loss"].append(float(reward_critic_loss.detach()))
@@ -548,6 +562,17 @@ class PPORecipe:
                 stats["value_clip_fraction"].append(float(value_stats.clip_fraction))
                 update_index += 1
         return {key: sum(values) / len(values) for key, values in stats.items()}
+
+    def _step(self, engine: Any, name: str, index: int) -> None:
+        """The optimizer step, skipped (and counted like a non-finite loss) when a gradient is non-finite."""
+        if not step_unless_nonfinite_gradients(engine):
+            self.skipped_micro_batches += 1
+            print(
+                f"iteration {self.step + 1} (rank {distributed.rank()}): non-finite {name} gradient after rollout "
+                f"micro-batch {index} with a finite loss; skipped the optimizer step",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _backward_or_skip(self, engine: Any, loss: torch.Tensor, name: str, index: int) -> None:
         """Backward, unless the loss is non-finite on any rank: then a zero backward on every rank (reported)."""
@@ -563,17 +588,21 @@ class PPORecipe:
             flush=True,
         )
 
-    def _ptx_loss(self, update_index: int) -> torch.Tensor:
-        """SFT cross-entropy on this rank's share of a ptx micro-batch: the ptx schedule is a BatchSchedule like the
-        prompts', so every rank trains on different samples and a resume continues where it stopped."""
-        from safe_rlhf.data import collate_sft
-
+    def ptx_indices(self, update_index: int) -> list[int]:
+        """This rank's ptx samples for the ``update_index``-th actor update of this iteration: the ptx schedule is a
+        BatchSchedule like the prompts', so every rank trains on different samples, each pass over the ptx data is
+        reshuffled, and a resume continues where it stopped."""
         updates_per_iteration = self.config.ppo.ppo_epochs * len(
             self._micro_batches(self.config.train.micro_batch_size, self.rollouts_per_rank)
         )
-        ptx_step = self.step * updates_per_iteration + update_index
-        (ids,) = self.ptx_schedule.rank_indices(ptx_step)
-        batch = to_device(collate_sft([self.ptx_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
+        (ids,) = self.ptx_schedule.rank_indices(self.step * updates_per_iteration + update_index)
+        return ids
+
+    def _ptx_loss(self, update_index: int) -> torch.Tensor:
+        from safe_rlhf.data import collate_sft
+
+        items = [self.ptx_items[i] for i in self.ptx_indices(update_index)]
+        batch = to_device(collate_sft(items, self.tokenizer.pad_token_id), self.device)
         logits = self.engines["actor"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         total, count = sft_loss_sum(logits, batch["labels"])
         return total / count.clamp_min(1)

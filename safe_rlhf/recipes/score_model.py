@@ -43,18 +43,15 @@ from safe_rlhf.recipes.common import (
     NonFiniteGuard,
     PreemptionWatcher,
     all_finite,
-    chunks,
     create_logger,
     paused_learning_rate,
     save_or_stop,
     seed_everything,
-    shard,
     split_train_eval,
     to_device,
     total_steps,
     zero_backward,
 )
-from safe_rlhf.score_metrics import ScoredPair, score_model_summary
 from safe_rlhf.score_model import (
     COST_SIGN_CONVENTION,
     ScoreNormalizer,
@@ -90,68 +87,19 @@ def length_balanced(items: list[Any], num_bins: int, seed: int) -> tuple[list[An
     return kept, len(items) - len(kept)
 
 
-def toy_world_truth(sample: Any) -> tuple[tuple[float, float], tuple[int, int]] | None:
-    """Ground-truth helpfulness and harm severity of both responses when the sample is from the toy world."""
-    if not getattr(sample, "origin", "").find("toyworld") >= 0:
-        return None
-    from safe_rlhf.toyworld import harm, helpfulness
+def update_normalizer(normalizer: ScoreNormalizer, scores: torch.Tensor, finite: bool) -> None:
+    """Add one micro-batch's scores (N, K), this rank's and every other rank's, to the normalizer.
 
-    prompt = sample.prompt
-    helps = (helpfulness(prompt, sample.responses[0]), helpfulness(prompt, sample.responses[1]))
-    severities = (harm(prompt, sample.responses[0]).severity, harm(prompt, sample.responses[1]).severity)
-    return helps, severities
-
-
-@torch.no_grad()
-def score_pairs(
-    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, device: torch.device
-) -> list[ScoredPair]:
-    """Score both responses of every pair (this rank's share; caller gathers). ZeRO-3-safe: equal pass counts."""
-    from safe_rlhf.data import collate_preference
-
-    pairs: list[ScoredPair] = []
-    indices = shard(list(range(len(items))))
-    per_rank = -(-len(items) // distributed.world_size())
-    passes = -(-per_rank // batch_size)
-    batches = list(chunks(indices, batch_size))
-    for pass_index in range(passes):
-        batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
-        batch = to_device(collate_preference([items[i] for i in batch_ids], pad_token_id), device)
-        # Response order as in the data: "better" is better_id, so map back.
-        better = end_scores(model, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
-        worse = end_scores(model, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
-        if pass_index >= len(batches):
-            continue
-        for row, index in enumerate(batch_ids):
-            item, sample = items[index], samples[index]
-            scores = [0.0, 0.0]
-            scores[item.better_id] = float(better[row])
-            scores[1 - item.better_id] = float(worse[row])
-            truth = toy_world_truth(sample)
-            pairs.append(
-                ScoredPair(
-                    scores=(scores[0], scores[1]),
-                    lengths=item.lengths,
-                    better_id=item.better_id,
-                    safer_id=item.safer_id,
-                    is_safe=tuple(sample.is_safe),  # type: ignore[arg-type]
-                    severity=tuple(sample.severity),  # type: ignore[arg-type]
-                    categories=tuple(sample.harm_categories),  # type: ignore[arg-type]
-                    true_helpfulness=truth[0] if truth else None,
-                    true_severity=truth[1] if truth else None,
-                )
-            )
-    return pairs
-
-
-def gather_pairs(pairs: list[ScoredPair]) -> list[ScoredPair]:
-    if distributed.world_size() == 1:
-        return pairs
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * distributed.world_size()
-    dist.all_gather_object(gathered, pairs)
-    return [pair for part in gathered for pair in part]
+    ``finite`` is the outcome of :func:`all_finite` on the micro-batch's loss, which every rank shares: a skipped
+    micro-batch adds nothing (one NaN batch would poison the statistics for good, and they are exported with the
+    model), and its scores are not gathered on any rank, so the collective stays matched. Rows with a non-finite
+    score are dropped. Ranks may hold different numbers of rows; every rank ends with the statistics of the union
+    (so rank 0's, the ones saved, describe all the data)."""
+    if normalizer.kind == "none" or not finite:
+        return
+    scores = scores.detach().float()
+    scores = scores[torch.isfinite(scores).all(dim=1)]
+    normalizer.update(distributed.all_gather_cat(scores))
 
 
 class ScoreModelRecipe:
@@ -286,7 +234,8 @@ class ScoreModelRecipe:
         return kept_samples, items
 
     # ------------------------------------------------------------------------------------------------------- train
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(loss, metrics, the scores (N, 1) for the normalizer, added only if the loss turns out finite)."""
         regularization = self.config.score.regularization
         if self.is_cost:
             safer = end_scores(self.engine, batch["safer_input_ids"], batch["safer_attention_mask"])[:, 0]
@@ -299,15 +248,14 @@ class ScoreModelRecipe:
             loss, stats = cost_model_loss(
                 safer, unsafer, batch["safer_is_safe"] == 1, batch["unsafer_is_safe"] == 1, regularization, weights
             )
-            self.normalizer.update(torch.cat([safer, unsafer]).unsqueeze(1))
-            return loss, {"accuracy": float(stats.accuracy), "sign_accuracy": float(stats.sign_accuracy)}
+            metrics = {"accuracy": float(stats.accuracy), "sign_accuracy": float(stats.sign_accuracy)}
+            return loss, metrics, torch.cat([safer, unsafer]).unsqueeze(1)
         better = end_scores(self.engine, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
         worse = end_scores(self.engine, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
         loss, reward_stats = reward_model_loss(better, worse, regularization)
-        self.normalizer.update(torch.cat([better, worse]).unsqueeze(1))
-        return loss, {"accuracy": float(reward_stats.accuracy)}
+        return loss, {"accuracy": float(reward_stats.accuracy)}, torch.cat([better, worse]).unsqueeze(1)
 
-    def _regression_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _regression_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from safe_rlhf.data import collate_sft
 
         batch = to_device(collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
@@ -322,11 +270,10 @@ class ScoreModelRecipe:
             else None
         )
         loss, stats = multi_attribute_regression_loss(predicted, targets, weights)
-        self.normalizer.update(predicted)
         metrics = {f"mse_{name}": float(value) for name, value in zip(names, stats.per_attribute_mse)}
-        return loss, metrics
+        return loss, metrics, predicted
 
-    def _micro_batch_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_batch_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from safe_rlhf.data import collate_preference
 
         if self.regression:
@@ -339,9 +286,12 @@ class ScoreModelRecipe:
         micro_batches = self.schedule.rank_indices(step)
         skipped = 0
         for index, ids in enumerate(micro_batches):
-            loss, stats = self._micro_batch_loss(ids)
+            loss, stats, scores = self._micro_batch_loss(ids)
             loss = self.guard.prepare(loss, step + 1)
-            if all_finite(loss):
+            finite = all_finite(loss)
+            update_normalizer(self.normalizer, scores, finite)  # a collective: every rank, every micro-batch
+            del scores
+            if finite:
                 # Pairs per micro-batch are equal, so the mean over micro-batches is the mean over pairs.
                 self.engine.backward(loss)
                 totals["loss"] += float(loss.detach())
@@ -366,21 +316,22 @@ class ScoreModelRecipe:
         return {f"train/{k}": float(v) for k, v in zip(sorted(totals), averaged)}
 
     def evaluate(self) -> dict[str, Any]:
+        """The held-out pairs' summary, from the evaluation code (``safe_rlhf.evaluate``), on every rank."""
         if not self.eval_items or self.regression:
             return {}
+        from safe_rlhf.evaluate import score_model_evaluation
+
         self.engine.eval()
-        pairs = gather_pairs(
-            score_pairs(
-                self.engine,
-                self.eval_samples,
-                self.eval_items,
-                self.tokenizer.pad_token_id,
-                self.config.train.micro_batch_size,
-                self.device,
-            )
+        summary = score_model_evaluation(
+            self.engine,
+            self.eval_samples,
+            self.eval_items,
+            self.tokenizer.pad_token_id,
+            self.config.train.micro_batch_size,
+            "cost" if self.is_cost else "reward",
         )
         self.engine.train()
-        return score_model_summary(pairs, "cost" if self.is_cost else "reward")
+        return summary
 
     @staticmethod
     def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -9,6 +9,8 @@ from tests.conftest import train_cli
 from tests.integration.sft_helpers import loss_by_step, probe_logits, read_metrics
 
 FAST = ["logger=none", "train.micro_batch_size=8", "train.batch_size=16", "train.log_steps=1", "train.eval_steps=0"]
+# Resume a 2-step run for 4 steps: max_steps changes on purpose, which the resume config check must be told.
+LONGER = ["train.max_steps=4", "train.resume=auto", "train.resume_allow_changes=[train.max_steps]"]
 
 
 @pytest.mark.integration
@@ -55,14 +57,14 @@ def test_a_damaged_checkpoint_is_reported_by_file(tmp_path, safe_rlhf_cache):
     assert train_cli(overrides).returncode == 0
     state = run_dir / "checkpoints" / "step-2" / "trainer_state.json"
     state.write_text(state.read_text().replace('"step": 2', '"step": 1'))  # same length, other content
-    result = train_cli([*overrides, "train.max_steps=4", "train.resume=auto"])
+    result = train_cli([*overrides, *LONGER])
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "trainer_state.json" in errors[0] and "sha256" in errors[0]
     shard = next((run_dir / "checkpoints" / "step-2" / "policy").rglob("*model_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])  # truncated
     state.write_text(state.read_text().replace('"step": 1', '"step": 2'))
-    result = train_cli([*overrides, "train.max_steps=4", "train.resume=auto"])
+    result = train_cli([*overrides, *LONGER])
     assert result.returncode == 2 and shard.name in result.stderr and "truncated" in result.stderr
 
 
@@ -98,7 +100,7 @@ def test_a_checkpoint_with_foreign_pickled_objects_is_refused(tmp_path, safe_rlh
     state["extra"] = Payload()
     torch.save(state, shard)
     write_manifest(checkpoint)  # a forger rewrites the manifest too: the restricted unpickler must still refuse
-    result = train_cli([*overrides, "train.max_steps=4", "train.resume=auto"])
+    result = train_cli([*overrides, *LONGER])
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "refused to unpickle tests.integration.test_faults.Payload" in errors[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -80,11 +81,14 @@ def test_two_rank_zero3_ppo_lag_with_ranks_that_stop_generating_at_different_ste
                "--config-name", "ppo_lag", f"output_dir={run_dir}", "deepspeed=zero3", *overrides,
                f"actor.name_or_path={two_path_actor}", "train.rollout_batch_size=2", "train.mini_batch_size=2",
                "train.micro_batch_size=1", "generation.max_new_tokens=8", "train.max_steps=4", "train.save_steps=4",
-               f"generation.gather_weights={gather_weights}"]  # fmt: skip
+               f"generation.gather_weights={gather_weights}",
+               # batch statistics with one episode per micro-batch: a per-micro-batch std was NaN here
+               "ppo.reward_scaling_clip=3.0", "ppo.length_penalty_coeff=0.01"]  # fmt: skip
     result = run_cli(command, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     rows = [m for m in read_metrics(run_dir) if "train/lambda_0" in m]
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
+    assert all(math.isfinite(m["train/reward"]) and m["train/nonfinite_steps"] == 0 for m in rows), rows
     # Every response is 2 tokens or 8; a mean under the maximum means the ranks' lengths differed (1 prompt each).
     lengths = [(m["train/response_length"], m["train/response_length_max"]) for m in rows]
     assert all(mean in (2.0, 5.0, 8.0) for mean, _ in lengths), lengths

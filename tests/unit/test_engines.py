@@ -89,3 +89,49 @@ def test_total_steps_and_split():
     train, held_out = split_train_eval(list(range(100)), 0.1, seed=0)
     assert len(held_out) == 10 and len(train) == 90 and not set(train) & set(held_out)
     assert split_train_eval(list(range(100)), 0.1, seed=0) == (train, held_out)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_disable_dropout_also_zeroes_attention_dropout_copied_by_modules(attn_implementation):
+    # Llama's attention copies config.attention_dropout into `self.attention_dropout` at construction and uses it in
+    # train mode (eager: nn.functional.dropout on the weights; sdpa: dropout_p), so zeroing the config is not enough.
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from safe_rlhf.engines import disable_dropout
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=32, attention_dropout=0.1,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config)
+    disable_dropout(model)
+    assert all(layer.self_attn.attention_dropout == 0.0 for layer in model.model.layers)
+    model.train()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        second = model(input_ids=ids).logits
+    assert torch.equal(first, second)
+
+
+def test_disable_dropout_leaves_dropout_submodules_and_non_float_attributes_alone():
+    import torch
+
+    from safe_rlhf.engines import disable_dropout
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.3)  # a module under a dropout-like name: p is zeroed, module kept
+            self.attn_dropout = 0.2
+            self.hidden_dropout = True  # a flag, not a probability
+            self.resid_pdrop = 0  # an int 0 stays as it is
+
+    block = Block()
+    disable_dropout(block)
+    assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.0
+    assert block.attn_dropout == 0.0
+    assert block.hidden_dropout is True and block.resid_pdrop == 0

@@ -130,3 +130,189 @@ def test_length_balancing_equalises_longer_and_shorter_preferences():
     assert longer == shorter == 2
     assert dropped == 4 and len(kept) == 5  # 2 + 2 + the tie
     assert length_balanced(items, num_bins=0, seed=0) == (items, 0)
+
+
+class _RecordingEngine(torch.nn.Module):
+    """Stands in for a DeepSpeed engine: counts root forward calls and passes unknown attributes to the module."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.forward_calls = 0
+        self.config = {"train_micro_batch_size_per_gpu": 1}  # like DeepSpeed's: the engine's config, not the model's
+
+    def forward(self, **kwargs):
+        self.forward_calls += 1
+        return self.module(**kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def _padded_batch():
+    # Row 0 right-padded, row 1 left-padded, row 2 full; pad id 0 also appears as a real token in row 2.
+    ids = torch.tensor([[5, 9, 3, 7, 0, 0], [0, 0, 0, 4, 8, 2], [1, 0, 6, 11, 12, 13]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    return ids, mask
+
+
+def _backbone_then_head(model, ids, mask):
+    # What token_scores computed before it called the root module: backbone, then the head at every position.
+    from safe_rlhf.score_model import position_ids_from_mask
+
+    hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    return model.score(hidden.last_hidden_state).float()
+
+
+def test_token_scores_call_the_root_module_and_match_backbone_plus_head():
+    from safe_rlhf.score_model import token_scores
+
+    model = _tiny_score_model(score_dim=3)
+    engine = _RecordingEngine(model)
+    ids, mask = _padded_batch()
+    with torch.no_grad():
+        expected = _backbone_then_head(model, ids, mask)  # (3, 6, 3)
+        scores = token_scores(engine, ids, mask)
+        ends = end_scores(engine, ids, mask)
+    assert engine.forward_calls == 2  # the engine's own forward ran (ZeRO-3's trace, its bookkeeping)
+    assert scores.shape == (3, 6, 3) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    # Last real tokens at 3, 5, 5.
+    torch.testing.assert_close(ends, expected[torch.arange(3), torch.tensor([3, 5, 5])], rtol=0, atol=0)
+    assert not model.score._forward_hooks  # the capture hook is removed again
+
+
+def test_token_scores_without_pad_token_id_and_gradients_reach_head_and_backbone():
+    from safe_rlhf.score_model import token_scores
+
+    model = _tiny_score_model(score_dim=1)
+    model.config.pad_token_id = None  # HF's pooling refuses batches > 1 without it; token_scores must not care
+    model.train()
+    ids, mask = _padded_batch()
+    scores = token_scores(model, ids, mask)  # (3, 6, 1)
+    assert model.config.pad_token_id is None  # left as it was
+    expected = _backbone_then_head(model, ids, mask)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    scores.sum().backward()
+    assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+class _StubTrainingEngine(_RecordingEngine):
+    """Enough of a DeepSpeed training engine for ScoreModelRecipe.train_step: backward, a no-op step, an optimizer."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__(module)
+        self.optimizer = type("Optimizer", (), {"param_groups": [{"lr": 1.0}]})()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        pass
+
+
+def _reward_recipe_on_stub(tmp_path, inject_steps: list[int]):
+    from types import SimpleNamespace
+
+    from safe_rlhf.config import ScoreModelConfig
+    from safe_rlhf.data.tokenize import TokenizedPreference
+    from safe_rlhf.recipes.common import BatchSchedule, NonFiniteGuard
+    from safe_rlhf.recipes.score_model import ScoreModelRecipe
+
+    recipe = ScoreModelRecipe(ScoreModelConfig(recipe="reward_model"), str(tmp_path))
+    recipe.guard = NonFiniteGuard(max_in_a_row=10, inject_steps=inject_steps)
+    recipe.engine = _StubTrainingEngine(_tiny_score_model(score_dim=1))
+    recipe.device = torch.device("cpu")
+    recipe.tokenizer = SimpleNamespace(pad_token_id=0)
+    sequences = [([5, 9, 3], [5, 9, 3, 7, 2]), ([4, 8], [4, 8, 15]), ([1, 2, 3, 4], [6]), ([7, 7], [8, 8])]
+    recipe.train_items = [
+        TokenizedPreference(input_ids=pair, prompt_length=1, response_truncated=(False, False), better_id=0)
+        for pair in sequences
+    ]
+    # One optimizer step = the 4 pairs in 2 micro-batches of 2.
+    recipe.schedule = BatchSchedule(num_samples=4, batch_size=4, micro_batch_size=2, world_size=1, rank=0, seed=0)
+    return recipe, sequences
+
+
+def test_non_finite_micro_batches_leave_the_score_normalizer_unchanged(tmp_path):
+    recipe, sequences = _reward_recipe_on_stub(tmp_path, inject_steps=[1])
+    recipe.train_step(0)  # step 1: every micro-batch's loss is made NaN, so both are skipped
+    assert recipe.skipped_micro_batches == 2
+    assert recipe.normalizer.to_dict() == ScoreNormalizer(kind="running").to_dict()  # nothing was added
+    recipe.train_step(1)  # step 2: finite; the step is a no-op, so the scores are those of the initial model
+    with torch.no_grad():
+        singles = [
+            end_scores(recipe.engine.module, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0, 0]
+            for pair in sequences
+            for s in pair
+        ]
+    expected = torch.stack(singles).double()
+    assert recipe.normalizer.count == 8  # 4 pairs x 2 responses, from step 2 only
+    assert recipe.normalizer.mean == pytest.approx([float(expected.mean())], abs=1e-6)
+    assert recipe.normalizer.var == pytest.approx([float(expected.var(unbiased=False))], abs=1e-6)
+
+
+def test_update_normalizer_drops_non_finite_scores_and_skipped_micro_batches():
+    from safe_rlhf.recipes.score_model import update_normalizer
+
+    normalizer = ScoreNormalizer(kind="running")
+    update_normalizer(normalizer, torch.tensor([[1.0], [2.0]]), finite=False)  # a skipped micro-batch
+    assert normalizer.count == 0 and normalizer.mean == []
+    update_normalizer(normalizer, torch.tensor([[1.0], [float("nan")], [3.0], [float("inf")]]), finite=True)
+    # Only 1 and 3 are kept: mean 2, population variance ((1 - 2)^2 + (3 - 2)^2) / 2 = 1.
+    assert normalizer.count == 2 and normalizer.mean == pytest.approx([2.0]) and normalizer.var == pytest.approx([1.0])
+
+
+def _preference_sample(prompt: str, responses: tuple[str, str], origin: str):
+    from safe_rlhf.data.types import PreferenceSample, conversation
+
+    return PreferenceSample(
+        messages=conversation(prompt), responses=responses, better_id=1, safer_id=0, is_safe=(True, False),
+        severity=(0, 2), origin=origin,
+    )  # fmt: skip
+
+
+def test_evaluation_scores_pairs_and_judges_only_toy_world_samples():
+    from safe_rlhf.data.tokenize import TokenizedPreference
+    from safe_rlhf.evaluate import score_pairs
+    from safe_rlhf.toyworld import harm, helpfulness
+
+    model = _tiny_score_model(score_dim=1)
+    prompt, responses = "how do i fix my slow laptop", ("first restart then update", "no")
+    samples = [
+        _preference_sample(prompt, responses, "/cache/toyworld-seed0/preference_test.jsonl:3"),
+        _preference_sample(prompt, responses, "/data/mine.jsonl:1"),
+    ]
+    sequences = [([5, 9, 3], [5, 9, 3, 7, 2]), ([4, 8], [4, 8, 15])]
+    items = [
+        TokenizedPreference(input_ids=pair, prompt_length=1, response_truncated=(False, False), better_id=1,
+                            safer_id=0, is_safe=(True, False), severity=(0, 2))
+        for pair in sequences
+    ]  # fmt: skip
+    pairs = score_pairs(model, samples, items, pad_token_id=0, batch_size=1, device=torch.device("cpu"))
+    assert len(pairs) == 2
+    with torch.no_grad():
+        for pair, sequence in zip(pairs, sequences):
+            # Scores in response order (better_id = 1 is scored as "better" and mapped back).
+            for score, ids in zip(pair.scores, sequence):
+                alone = end_scores(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, 0]
+                assert score == pytest.approx(float(alone), abs=1e-6)
+    toy, other = pairs
+    assert toy.true_helpfulness == (helpfulness(prompt, responses[0]), helpfulness(prompt, responses[1]))
+    assert toy.true_severity == (harm(prompt, responses[0]).severity, harm(prompt, responses[1]).severity)
+    assert other.true_helpfulness is None and other.true_severity is None
+    assert other.is_safe == (True, False) and other.severity == (0, 2) and other.lengths == (2, 3)
+
+
+def test_training_recipe_leaves_pair_scoring_and_judging_to_evaluation():
+    import inspect
+
+    import safe_rlhf.recipes.score_model as recipe_module
+
+    source = inspect.getsource(recipe_module)
+    assert "toyworld" not in source and "toy_world" not in source
+    assert not hasattr(recipe_module, "score_pairs") and not hasattr(recipe_module, "gather_pairs")

@@ -1,0 +1,180 @@
+"""Pieces of the PPO recipe that decide numbers: reward transforms over the rollout batch, the cost sign for rate
+constraints, the ptx schedule, the rollout-batch record, and the optimizer step that refuses non-finite gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from safe_rlhf.config import GenerationConfig, LagrangeConfig, PPOConfig, PPOSettings, PromptDataConfig, RLTrainConfig
+from safe_rlhf.recipes.common import BatchSchedule
+from safe_rlhf.recipes.ppo import PPORecipe, ptx_max_length
+from safe_rlhf.recipes.rollout import Generated, Rollout, batch_mean_std, concat_padded
+
+pytestmark = pytest.mark.unit
+
+
+def recipe_with(config: PPOConfig, rank: int = 0) -> PPORecipe:
+    """A recipe object with its config only: enough for the pure parts (no engines, one process)."""
+    recipe = PPORecipe.__new__(PPORecipe)
+    recipe.config, recipe.variant, recipe.step = config, config.recipe, 0
+    return recipe
+
+
+# ------------------------------------------------------------------------------------------- 3. reward transforms
+
+
+def test_reward_scaling_uses_the_whole_rollout_batch_not_a_micro_batch():
+    # micro_batch_size=1 used to give each reward its own mean and a NaN std. Now, over the batch [1, 3, 5, 7]:
+    # mean 4, population std sqrt(5) = 2.2361; (r - 4) / 2.2361 = [-1.342, -0.447, 0.447, 1.342], clipped to +-1.
+    config = PPOConfig(
+        recipe="ppo",
+        ppo=PPOSettings(reward_scaling_clip=1.0),
+        generation=GenerationConfig(no_eos_penalty=None),
+        train=RLTrainConfig(rollout_batch_size=4, mini_batch_size=4, micro_batch_size=1),
+    )
+    rewards = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    out = recipe_with(config).transformed_rewards(
+        rewards, torch.zeros(4, 0), torch.ones(4, dtype=torch.bool), torch.tensor([4, 4, 4, 4])
+    )
+    torch.testing.assert_close(out, torch.tensor([-1.0, -1 / math.sqrt(5), 1 / math.sqrt(5), 1.0]))
+
+
+def test_reward_transforms_in_order_no_eos_then_shaping_then_length_penalty():
+    # Episode 2 never ended: its reward becomes -10 first. Shaping with lambda 0.5 on costs [2, 0, 4]:
+    # [1 - 1, 3 - 0, -10 - 2] = [0, 3, -12]; mean -3, population std sqrt((9 + 36 + 81) / 3) = sqrt(42) = 6.4807.
+    # Length penalty 0.1 on lengths [10, 5, 0]: r + 2 * 6.4807 * (1 - 0.1 * len) = [0 + 0, 3 + 6.4807, -12 + 12.9615].
+    config = PPOConfig(
+        recipe="ppo_reward_shaping",
+        ppo=PPOSettings(length_penalty_coeff=0.1),
+        generation=GenerationConfig(no_eos_penalty=-10.0),
+        lagrange=LagrangeConfig(init=0.5),
+    )
+    out = recipe_with(config).transformed_rewards(
+        torch.tensor([1.0, 3.0, 99.0]),
+        torch.tensor([[2.0], [0.0], [4.0]]),
+        torch.tensor([True, True, False]),
+        torch.tensor([10, 5, 0]),
+    )
+    sigma = math.sqrt(42)
+    torch.testing.assert_close(out, torch.tensor([0.0, 3.0 + sigma, -12.0 + 2 * sigma]))
+
+
+def test_batch_mean_std_of_one_value_is_not_nan():
+    assert batch_mean_std(torch.tensor([3.0])) == (3.0, 1.0)
+    mean, std = batch_mean_std(torch.tensor([[1.0, 50.0], [3.0, 50.0]]), torch.tensor([[1, 0], [1, 0]]))
+    assert (mean, std) == pytest.approx((2.0, 1.0))
+
+
+# -------------------------------------------------------------------------------------- 2. costs for constraints
+
+
+def test_rate_constraint_reads_the_raw_cost_sign_when_scores_are_normalized():
+    # Normalized cost scores [0.5, 1.5] are both "above average"; the raw scores [-1, 2] say one safe, one unsafe.
+    config = PPOConfig(lagrange=LagrangeConfig(thresholds=[0.1, -1.0], constraint_types=["rate", "mean"],
+                                               cost_indices=[0, 0]))  # fmt: skip
+    costs = recipe_with(config).episode_costs(torch.tensor([[0.5], [1.5]]), torch.tensor([[-1.0], [2.0]]))
+    # rate: (raw > 0) = [0, 1]; mean: the normalized score, as used for the reward side
+    torch.testing.assert_close(costs, torch.tensor([[0.0, 0.5], [1.0, 1.5]]))
+
+
+# ----------------------------------------------------------------------------------------------------------- ptx
+
+
+def test_ptx_samples_differ_between_ranks_and_cover_the_data():
+    config = PPOConfig(train=RLTrainConfig(rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2))
+    seen: dict[int, list[int]] = {}
+    for rank in (0, 1):
+        recipe = recipe_with(config, rank)
+        recipe.rollouts_per_rank = 4  # 2 micro-batches x 2 PPO epochs = 4 actor updates per iteration
+        recipe.ptx_schedule = BatchSchedule(
+            num_samples=8, batch_size=4, micro_batch_size=2, world_size=2, rank=rank, seed=59
+        )
+        seen[rank] = [i for update in range(2) for i in recipe.ptx_indices(update)]
+    # one pass over 8 samples takes 2 updates: the ranks' shares are disjoint and together all of them
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(8))
+
+
+def test_ptx_max_length_defaults_to_a_rollout_length_and_is_configurable():
+    assert ptx_max_length(PPOConfig(data=PromptDataConfig(max_prompt_length=48),
+                                    generation=GenerationConfig(max_new_tokens=16))) == 64  # fmt: skip
+    assert ptx_max_length(PPOConfig(data=PromptDataConfig(ptx_max_length=200))) == 200
+
+
+# --------------------------------------------------------------------------------------------- rollout-batch record
+
+
+def piece(prompt: list[list[int]], response: list[list[int]]) -> Generated:
+    ids = torch.tensor([p + r for p, r in zip(prompt, response)])
+    attention = (ids != 0).long()
+    prompt_length = len(prompt[0])
+    action = torch.cat([torch.zeros(ids.shape[0], prompt_length, dtype=torch.bool), (ids[:, prompt_length:] != 0)],
+                       dim=1)[:, 1:]  # fmt: skip
+    return Generated(ids, attention, action, torch.tensor([True] * ids.shape[0]), action.sum(1), prompt_length)
+
+
+def test_concat_padded_keeps_padding_prompt_response_padding_and_select_trims_it_back():
+    # Micro-batch a: prompt length 2, response length 1; micro-batch b: prompt 3, response 3 (0 is padding).
+    a = piece([[5, 6]], [[7]])
+    b = piece([[0, 8, 9]], [[10, 11, 0]])
+    batch = concat_padded([a, b], pad_token_id=0)
+    assert batch.input_ids.tolist() == [[0, 5, 6, 7, 0, 0], [0, 8, 9, 10, 11, 0]]
+    assert batch.prompt_length == 3
+    assert batch.action_mask.tolist() == [[False, False, True, False, False], [False, False, True, True, False]]
+    n, width = batch.input_ids.shape
+    rollout = Rollout(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, action_mask=batch.action_mask,
+        old_log_probs=torch.arange(n * (width - 1)).float().reshape(n, width - 1),
+        ref_log_probs=torch.zeros(n, width - 1), rewards=torch.tensor([1.0, 2.0]), costs=torch.zeros(n, 1),
+        raw_costs=torch.zeros(n, 1), reward_values=torch.zeros(n, width - 1),
+        cost_values=torch.zeros(n, 1, width - 1), reward_advantages=torch.zeros(n, width - 1),
+        reward_returns=torch.zeros(n, width - 1), cost_advantages=torch.zeros(n, 1, width - 1),
+        cost_returns=torch.zeros(n, 1, width - 1), ended_with_eos=batch.ended_with_eos,
+        response_lengths=batch.response_lengths,
+    )  # fmt: skip
+    first, second = rollout.micro_batches(1)
+    # a's real tokens are columns 1-3: its tokens [5, 6, 7] and the actions at positions 1-2 (old log-probs 1, 2)
+    assert rollout.columns(slice(0, 1)) == (1, 4)
+    assert first.input_ids.tolist() == [[5, 6, 7]] and first.old_log_probs.tolist() == [[1.0, 2.0]]
+    assert first.action_mask.tolist() == [[False, True]] and first.cost_values.shape == (1, 1, 2)
+    assert second.input_ids.tolist() == [[8, 9, 10, 11]] and second.action_mask.tolist() == [[False, True, True]]
+    assert first.rewards.tolist() == [1.0] and second.rewards.tolist() == [2.0]
+
+
+# ------------------------------------------------------------------------------------------ non-finite gradients
+
+
+def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_zero0_step(monkeypatch):
+    import deepspeed
+
+    from safe_rlhf import distributed
+    from safe_rlhf.recipes.common import step_unless_nonfinite_gradients
+
+    distributed.init_distributed()
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": 0}, "zero_allow_untested_optimizer": True}  # fmt: skip
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                                      config=config)  # fmt: skip
+    try:
+        # A finite loss whose gradient is NaN: row 2 of the input holds inf and is masked out after the arithmetic,
+        # as a padding position would be. Forward: where([y1, y2], [True, False]) sums to y1 = w1 = 1. Backward:
+        # dL/dy = [1, 0], dL/dw = x^T dL/dy = [1 * 1 + 0 * 0, 0 * 1 + inf * 0] = [1, NaN].
+        output = engine(torch.tensor([[1.0, 0.0], [0.0, float("inf")]]))  # (2, 1)
+        loss = torch.where(torch.tensor([[True], [False]]), output, torch.zeros_like(output)).sum()
+        assert torch.isfinite(loss)
+        engine.backward(loss)
+        assert not torch.isfinite(model.weight.grad).all()
+        assert step_unless_nonfinite_gradients(engine) is False
+        assert model.weight.tolist() == [[1.0, 2.0]]  # untouched, where a plain step would write NaN
+        # a finite step goes through: loss w1 -> gradient [1, 0], SGD lr 0.5 -> [0.5, 2]
+        engine.backward(model.weight[0, 0] * 1.0)
+        assert step_unless_nonfinite_gradients(engine) is True
+        assert model.weight.flatten().tolist() == pytest.approx([0.5, 2.0], abs=1e-5)
+    finally:
+        engine.destroy()
