@@ -121,7 +121,9 @@ def _zero3_reference_logits(checkpoint_dir, model_dir):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+# torchrun starts the same ranks with the same environment variables; it runs in the slow tier to keep make test short
+# (the SLURM requeue test there also runs under torchrun).
+@pytest.mark.parametrize("launcher", ["deepspeed", pytest.param("torchrun", marks=pytest.mark.slow)])
 def test_two_rank_zero3_sft_exports_the_engine_weights(tmp_path, safe_rlhf_cache, launcher):
     run_dir = tmp_path / launcher
     port = str(find_free_port())
