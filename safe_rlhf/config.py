@@ -346,6 +346,9 @@ class PromptDataConfig:
     ptx: str | None = None
     # Longest prompt in tokens; longer prompts are errors (or counted skips with on_error=skip).
     max_prompt_length: int = 48
+    # Fraction of the training prompts held out as validation prompts for checkpoint selection (train.select_steps);
+    # 0 = none. They are never trained on; the final evaluation still uses data.eval.
+    validation_fraction: float = 0.0
     # Longest ptx sample in tokens (prompt + response); null = max_prompt_length + generation.max_new_tokens, the
     # length of a rollout. Longer samples follow on_error (their responses are truncated when the prompt fits).
     ptx_max_length: int | None = None
@@ -357,6 +360,8 @@ class PromptDataConfig:
         _positive("data.max_prompt_length", self.max_prompt_length)
         if self.ptx_max_length is not None:
             _positive("data.ptx_max_length", self.ptx_max_length)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"data.validation_fraction={self.validation_fraction} must be in [0, 1)")
 
 
 @dataclass
@@ -449,6 +454,15 @@ class LagrangeConfig:
     kp: float = 0.0
     # PID derivative gain (mode=pid).
     kd: float = 0.0
+    # Lower bound on lambda (0 = none; log mode: at most init). Bounds how slowly a decayed lambda reacts.
+    min_value: float = 0.0
+    # PID: EMA weight of the old value for the violation fed to P (OmniSafe's CPPOPID; 0 = no smoothing).
+    p_ema_alpha: float = 0.0
+    # PID: EMA weight of the old value for the cost fed to D (0 = no smoothing).
+    d_ema_alpha: float = 0.0
+    # The multipliers aim at threshold - margin (one margin for every constraint), leaving room for the sampling
+    # noise of a held-out estimate; the threshold stays the budget that is logged and reported.
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         count = len(self.thresholds)
@@ -465,6 +479,16 @@ class LagrangeConfig:
         _positive("lagrange.window_size", self.window_size)
         if self.init > self.max_value:
             raise ConfigError(f"lagrange.init={self.init} exceeds lagrange.max_value={self.max_value}")
+        _positive("lagrange.min_value", self.min_value, allow_zero=True)
+        if self.min_value > self.init:
+            raise ConfigError(f"lagrange.min_value={self.min_value} exceeds lagrange.init={self.init}")
+        _positive("lagrange.margin", self.margin, allow_zero=True)
+        for key in ("p_ema_alpha", "d_ema_alpha"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"lagrange.{key}={value} must be in [0, 1)")
+            if value and self.mode != "pid":
+                raise ConfigError(f"lagrange.{key} applies to lagrange.mode=pid only")
 
 
 @dataclass
@@ -477,6 +501,10 @@ class RLTrainConfig(BaseTrainConfig):
     rollout_batch_size: int = 64
     # Rollouts per PPO optimizer step over all ranks; must divide rollout_batch_size.
     mini_batch_size: int = 32
+    # ppo_lag checkpoint selection: every N iterations (and at the end) answer the validation prompts
+    # (data.validation_fraction), and deliver in model/ the most rewarding policy that met every constraint there
+    # (model_last/ keeps the last iterate, selection.json says why). 0 = off: model/ is the last iterate.
+    select_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -487,6 +515,7 @@ class RLTrainConfig(BaseTrainConfig):
                 f"train.mini_batch_size={self.mini_batch_size} must divide "
                 f"train.rollout_batch_size={self.rollout_batch_size}"
             )
+        _positive("train.select_steps", self.select_steps, allow_zero=True)
 
 
 @dataclass
@@ -520,6 +549,13 @@ class PPOConfig:
     )
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.select_steps:
+            if self.recipe != "ppo_lag":
+                raise ConfigError(f"train.select_steps selects by the constraints of ppo_lag; recipe={self.recipe}")
+            if self.data.validation_fraction <= 0:
+                raise ConfigError("train.select_steps needs validation prompts: set data.validation_fraction, e.g. 0.1")
 
 
 @dataclass
@@ -592,6 +628,9 @@ class PipelineConfig:
     output_dir: str = "runs/demo"
     # Seed passed to every stage.
     seed: int = 42
+    # Several training seeds: the whole pipeline once per seed into output_dir/seed-S, then the mean and spread per
+    # policy over seeds (seeds_summary.json, seeds_report.md, a helpfulness-vs-harm plot). Empty = one run with seed.
+    seeds: list[int] = field(default_factory=list)
     # Stages to run, in pipeline order (see safe_rlhf.pipeline.STAGES).
     stages: list[str] = field(
         default_factory=lambda: [
@@ -627,6 +666,80 @@ class PipelineConfig:
             _choice("stages[]", stage, known)
 
 
+@dataclass
+class DPOSettings:
+    """DPO / IPO (``--config-name dpo``) and SafeDPO (``--config-name safe_dpo``); the math is in docs/recipes.md."""
+
+    # Which preference orders a pair: "better" (helpfulness, better_response_id) or "safer" (harmlessness,
+    # safer_response_id); safe_dpo needs "better" (its transformation reorders helpfulness pairs by safety labels).
+    label: str = "better"
+    # beta of the implicit reward beta * log(pi / pi_ref): larger keeps the policy closer to the reference (ref. 0.1).
+    beta: float = 0.1
+    # "sigmoid" (DPO: -log sigmoid(beta h)) or "ipo" ((h - 1 / (2 beta))^2); safe_dpo: sigmoid only.
+    loss_type: str = "sigmoid"
+    # Conservative DPO: the probability eps in [0, 0.5) that a label is wrong (sigmoid only; 0 = plain DPO).
+    label_smoothing: float = 0.0
+    # Weight of the chosen response's NLL (mean per token) added to each pair's loss; 0 = off.
+    nll_coeff: float = 0.0
+    # safe_dpo only: margin Delta >= 0 subtracted from beta h where the chosen is safe and the rejected unsafe.
+    safety_margin: float = 0.0
+    # safe_dpo only: pairs whose two responses are both unsafe are "drop"ped (the SafeDPO paper) or "keep"t in
+    # helpfulness order without margin.
+    both_unsafe: str = "drop"
+    # Log-probs of the frozen reference for every pair computed once before training and kept (no reference model
+    # while training; one extra pass over the data at start-up and after each resume); false = a frozen reference
+    # engine runs next to the policy on every micro-batch.
+    precompute_reference: bool = False
+    # Mean log-prob per response token instead of the sum (length-normalised implicit rewards; TRL does this for IPO).
+    average_log_probs: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("dpo.label", self.label, ("better", "safer"))
+        _choice("dpo.loss_type", self.loss_type, ("sigmoid", "ipo"))
+        _choice("dpo.both_unsafe", self.both_unsafe, ("drop", "keep"))
+        _positive("dpo.beta", self.beta)
+        _positive("dpo.nll_coeff", self.nll_coeff, allow_zero=True)
+        _positive("dpo.safety_margin", self.safety_margin, allow_zero=True)
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ConfigError(f"dpo.label_smoothing applies to dpo.loss_type=sigmoid only, not {self.loss_type}")
+
+
+@dataclass
+class DPOConfig:
+    """Preference optimisation without RL: ``--config-name dpo`` (DPO, IPO) or ``--config-name safe_dpo`` (SafeDPO)."""
+
+    # "dpo" or "safe_dpo" (set by each recipe's YAML).
+    recipe: str = "dpo"
+    # The run directory (config, command, metrics, checkpoints, model/).
+    output_dir: str = "runs/dpo"
+    # Seed for data order.
+    seed: int = 42
+    # The policy to train (an SFT model); the frozen reference is the same weights.
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/model"))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="toyworld:preference", eval="toyworld:preference_test")
+    )
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+
+    def __post_init__(self) -> None:
+        _choice("recipe", self.recipe, ("dpo", "safe_dpo"))
+        if self.recipe == "safe_dpo":
+            if self.dpo.label != "better":
+                raise ConfigError("safe_dpo reorders helpfulness pairs by safety: dpo.label must be better")
+            if self.dpo.loss_type != "sigmoid" or self.dpo.label_smoothing:
+                raise ConfigError("safe_dpo has a sigmoid loss: dpo.loss_type=sigmoid and dpo.label_smoothing=0")
+        else:
+            for key, unused in (("safety_margin", 0.0), ("both_unsafe", "drop")):
+                if getattr(self.dpo, key) != unused:
+                    raise ConfigError(f"dpo.{key} applies to --config-name safe_dpo only; dpo ignores safety labels")
+
+
 RECIPE_SCHEMAS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": ScoreModelConfig,
@@ -635,6 +748,8 @@ RECIPE_SCHEMAS: dict[str, type] = {
     "ppo": PPOConfig,
     "ppo_lag": PPOConfig,
     "ppo_reward_shaping": PPOConfig,
+    "dpo": DPOConfig,
+    "safe_dpo": DPOConfig,
     "arena": ArenaConfig,
     "length_bias": LengthBiasConfig,
     "pipeline": PipelineConfig,

@@ -75,6 +75,9 @@ class Pipeline:
         return names
 
     def run(self) -> None:
+        if self.config.seeds:
+            self.run_seeds()
+            return
         config, root = self.config, self.root
         root.mkdir(parents=True, exist_ok=True)
         stages = set(config.stages)
@@ -121,6 +124,54 @@ class Pipeline:
             elapsed = time.perf_counter() - self.started
             print(f"[{elapsed:6.0f}s] report: {report}", flush=True)
             print(f"[{elapsed:6.0f}s] summary: {root / 'summary.json'}", flush=True)
+
+    def run_seeds(self) -> None:
+        """The pipeline once per seed (output_dir/seed-S, each resumable on its own), then the summary over seeds."""
+        import dataclasses
+
+        for seed in self.config.seeds:
+            single = dataclasses.replace(self.config, seed=seed, seeds=[])
+            print(f"===== seed {seed} =====", flush=True)
+            Pipeline(single, str(self.root / f"seed-{seed}")).run()
+        if "report" in self.config.stages:
+            report = write_seeds_report(self.root, self.config)
+            print(f"report over seeds {list(self.config.seeds)}: {report}", flush=True)
+
+
+def write_seeds_report(root: Path, config: PipelineConfig) -> Path:
+    """seeds_summary.json (policy -> mean/std/min/max per metric over seeds), the per-seed table, a
+    helpfulness-vs-harm plot of every policy and seed, and seeds_report.md."""
+    from safe_rlhf.analysis import ReportSection, write_report
+    from safe_rlhf.analysis.plots import plot_helpfulness_vs_harm
+    from safe_rlhf.analysis.seeds import aggregate_over_seeds, helpfulness_harm_points, seeds_table
+
+    per_seed = {seed: json.loads((root / f"seed-{seed}" / "summary.json").read_text()) for seed in config.seeds}
+    aggregate = aggregate_over_seeds(per_seed)
+    (root / "seeds_summary.json").write_text(json.dumps({"seeds": list(config.seeds), "policies": aggregate}, indent=2))
+    keys = ("true_helpfulness", "true_harm_rate", "unsafe_rate", "reward", "mean_length")
+    per_seed_rows = [
+        {"seed": seed, "policy": policy, **{key: values.get(key) for key in keys}}
+        for seed, summary in per_seed.items()
+        for policy, values in summary.items()
+    ]
+    images = []
+    points = helpfulness_harm_points(per_seed)
+    if points:
+        images.append(plot_helpfulness_vs_harm(points, root / "plots" / "helpfulness_vs_harm.png"))
+    sections = [
+        ReportSection(
+            title=f"Mean and spread over seeds {', '.join(map(str, config.seeds))}",
+            text=(
+                "Held-out prompts, judged by the toy world's ground truth (true_*); mean +- sample standard "
+                f"deviation over seeds. PPO-Lag budget: unsafe rate <= {config.threshold}."
+            ),
+            table=seeds_table(aggregate, keys),
+            images=images,
+        ),
+        ReportSection(title="Per seed", table=per_seed_rows),
+    ]
+    report = write_report(root, "Safe RLHF pipeline over seeds", sections)
+    return report.rename(root / "seeds_report.md")
 
 
 def pipeline_summary(arena_summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,17 @@ LOCK_FILE = ".lock"
 EARLIER_RUN_FILES = ("checkpoints", "metrics.jsonl", "model")
 # What train.overwrite=true deletes: everything a run writes that a new run would otherwise mix with its own
 # (config.yaml and command.txt are rewritten anyway; wandb/ keeps one folder per run and is left alone).
-CLEARED_BY_OVERWRITE = ("checkpoints", "metrics.jsonl", "model", ".model.staging", "eval", "tensorboard")
+CLEARED_BY_OVERWRITE = (
+    "checkpoints",
+    "metrics.jsonl",
+    "model",
+    ".model.staging",
+    "eval",
+    "tensorboard",
+    "model_last",
+    ".selected_model",
+    "selection.json",
+)
 # Config keys a resume may change without changing what is trained: where and how often results are written, how a
 # fault is handled, how the same computation is scheduled. Patterns match dotted keys (fnmatch); a plain name also
 # covers the keys under it. Any other change needs train.resume_allow_changes.

@@ -1,9 +1,18 @@
-"""Pure torch math of Safe RLHF: masked statistics, PPO-Lagrangian losses, score-model losses, Lagrange multipliers.
+"""Pure torch math of Safe RLHF: masked statistics, PPO-Lagrangian losses, score-model losses, Lagrange multipliers,
+and the preference losses without RL (DPO, IPO, SafeDPO).
 
 Imports only torch and the standard library (no DeepSpeed, no transformers), so every piece is unit-testable on CPU.
 Shapes: B batch, L token positions, K constraints / attributes; masks are response-token masks (B, L), bool or 0/1.
 """
 
+from safe_rlhf.algorithms.dpo import (
+    DPOLossOutput,
+    SafePairs,
+    dpo_loss,
+    safe_dpo_loss,
+    safe_dpo_pairs,
+    sequence_log_probs,
+)
 from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
 from safe_rlhf.algorithms.masked import masked_mean, masked_var, masked_whiten
 from safe_rlhf.algorithms.ppo import (
@@ -31,15 +40,18 @@ from safe_rlhf.algorithms.score_losses import (
 
 __all__ = [
     "CostModelStats",
+    "DPOLossOutput",
     "LagrangeMultiplier",
     "MultiAttributeStats",
     "PPOClipStats",
     "RewardModelStats",
+    "SafePairs",
     "ValueLossStats",
     "clipped_value_loss",
     "combine_attributes",
     "combined_advantages",
     "cost_model_loss",
+    "dpo_loss",
     "explained_variance",
     "gae",
     "kl_penalized_rewards",
@@ -51,5 +63,8 @@ __all__ = [
     "multi_attribute_regression_loss",
     "ppo_clip_loss",
     "reward_model_loss",
+    "safe_dpo_loss",
+    "safe_dpo_pairs",
     "scaled_scores",
+    "sequence_log_probs",
 ]

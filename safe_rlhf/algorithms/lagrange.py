@@ -14,6 +14,18 @@ Two update rules:
   gives plain gradient ascent on lambda itself). I is not capped at ``max_value`` (as in the paper), so after a long
   violation it can take a while to unwind.
 
+Settings against the oscillation of the plain integral (studied on the toy world, docs/lagrange_study.md):
+
+- ``min_value``: a floor on lambda (both modes). In log mode lambda only ever decays multiplicatively, and its step
+  is proportional to lambda itself, so after a long slack phase a tiny lambda reacts slowly when the cost climbs back;
+  a floor bounds that lag.
+- ``p_ema_alpha`` / ``d_ema_alpha`` (pid mode): exponential moving averages of the violation (for P) and of J_C (for
+  D), as in OmniSafe's CPPOPID: ``ema = alpha * ema + (1 - alpha) * x`` (alpha 0 = no smoothing). Then
+  ``P = kp * ema(delta)`` and ``D = kd * max(0, ema(J_C)_t - ema(J_C)_{t-1})``.
+
+After each :meth:`step`, :attr:`terms` holds the parts of the new lambda (``p``, ``i``, ``d`` in pid mode; ``i`` =
+lambda in log mode), for logging.
+
 J_C is the mean cost of the last ``window_size`` episodes (reference: 128).
 
 Distributed use: this class knows nothing about ranks. ``update(episode_costs)`` is exactly
@@ -46,6 +58,8 @@ class LagrangeMultiplier:
         threshold: the constraint's budget d in E[C] <= d (reference 0.0).
         mode: "log" (reference) or "pid".
         kp, kd: proportional and derivative gains, pid mode only.
+        min_value: lower bound on lambda (default 0: none); in log mode it must not exceed ``init``.
+        p_ema_alpha, d_ema_alpha: smoothing of the P and D inputs, pid mode only (0 = none, must be < 1).
     """
 
     def __init__(
@@ -59,6 +73,9 @@ class LagrangeMultiplier:
         mode: LagrangeMode = "log",
         kp: float = 0.0,
         kd: float = 0.0,
+        min_value: float = 0.0,
+        p_ema_alpha: float = 0.0,
+        d_ema_alpha: float = 0.0,
     ) -> None:
         if mode not in ("log", "pid"):
             raise ValueError(f"mode must be 'log' or 'pid'; got {mode!r}")
@@ -72,8 +89,13 @@ class LagrangeMultiplier:
             raise ValueError(f"window_size must be >= 1; got {window_size}")
         if delay_steps < 0:
             raise ValueError(f"delay_steps must be >= 0; got {delay_steps}")
-        if mode == "log" and (kp != 0.0 or kd != 0.0):
-            raise ValueError("kp and kd only apply to mode='pid'")
+        if mode == "log" and (kp != 0.0 or kd != 0.0 or p_ema_alpha != 0.0 or d_ema_alpha != 0.0):
+            raise ValueError("kp, kd, p_ema_alpha and d_ema_alpha only apply to mode='pid'")
+        if min_value < 0 or min_value > init or (max_value is not None and min_value > max_value):
+            raise ValueError(f"min_value must be in [0, init]; got {min_value} with init {init}")
+        for name, alpha in (("p_ema_alpha", p_ema_alpha), ("d_ema_alpha", d_ema_alpha)):
+            if not 0.0 <= alpha < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {alpha}")
 
         self.lr = lr
         self.max_value = max_value
@@ -83,13 +105,18 @@ class LagrangeMultiplier:
         self.mode: LagrangeMode = mode
         self.kp = kp
         self.kd = kd
+        self.min_value = min_value
+        self.p_ema_alpha = p_ema_alpha
+        self.d_ema_alpha = d_ema_alpha
 
         self._window: deque[float] = deque(maxlen=window_size)
         self._step_count = 0  # calls of step(), including those inside the delay
         self._log_lambda = math.log(init) if mode == "log" else 0.0  # log mode state
         self._integral = float(init) if mode == "pid" else 0.0  # pid mode state
-        self._previous_window_mean: float | None = None  # pid mode: J_C at the previous update
+        self._previous_window_mean: float | None = None  # pid mode: smoothed J_C at the previous update
+        self._violation_ema: float | None = None  # pid mode: smoothed J_C - d
         self._value = float(init)
+        self.terms: dict[str, float] = {"i": self._value} if mode == "log" else {"p": 0.0, "i": self._value, "d": 0.0}
 
     @property
     def value(self) -> float:
@@ -134,16 +161,22 @@ class LagrangeMultiplier:
             self._log_lambda += self.lr * self._value * violation
             if self.max_value is not None:
                 self._log_lambda = min(self._log_lambda, math.log(self.max_value))
+            if self.min_value > 0:
+                self._log_lambda = max(self._log_lambda, math.log(self.min_value))
             self._value = math.exp(self._log_lambda)
+            self.terms = {"i": self._value}
         else:
             self._integral = max(0.0, self._integral + self.lr * violation)
-            proportional = self.kp * violation
+            self._violation_ema = _ema(self._violation_ema, violation, self.p_ema_alpha)
+            proportional = self.kp * self._violation_ema
+            smoothed_cost = _ema(self._previous_window_mean, window_mean, self.d_ema_alpha)
             derivative = 0.0
             if self._previous_window_mean is not None:
-                derivative = self.kd * max(0.0, window_mean - self._previous_window_mean)
-            self._previous_window_mean = window_mean
-            value = max(0.0, self._integral + proportional + derivative)
+                derivative = self.kd * max(0.0, smoothed_cost - self._previous_window_mean)
+            self._previous_window_mean = smoothed_cost
+            value = max(self.min_value, self._integral + proportional + derivative)
             self._value = value if self.max_value is None else min(value, self.max_value)
+            self.terms = {"p": proportional, "i": self._integral, "d": derivative}
         return self._value
 
     def update(self, episode_costs: torch.Tensor) -> float:  # episode_costs: (N,)
@@ -160,7 +193,9 @@ class LagrangeMultiplier:
             "log_lambda": self._log_lambda,
             "integral": self._integral,
             "previous_window_mean": self._previous_window_mean,
+            "violation_ema": self._violation_ema,
             "value": self._value,
+            "terms": dict(self.terms),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,10 +208,18 @@ class LagrangeMultiplier:
         self._integral = float(state["integral"])
         previous = state["previous_window_mean"]
         self._previous_window_mean = None if previous is None else float(previous)
+        violation_ema = state.get("violation_ema")  # absent in checkpoints written before it existed
+        self._violation_ema = None if violation_ema is None else float(violation_ema)
         self._value = float(state["value"])
+        self.terms = {k: float(v) for k, v in state.get("terms", {"i": self._value}).items()}
 
     def __repr__(self) -> str:
         return (
             f"LagrangeMultiplier(value={self._value:.6g}, mode={self.mode!r}, threshold={self.threshold}, "
             f"window={len(self._window)}/{self.window_size}, step_count={self._step_count})"
         )
+
+
+def _ema(previous: float | None, value: float, alpha: float) -> float:
+    """``alpha * previous + (1 - alpha) * value``; the first value is taken as it is."""
+    return value if previous is None else alpha * previous + (1.0 - alpha) * value

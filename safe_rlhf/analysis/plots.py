@@ -188,3 +188,35 @@ def plot_length_hist(records: Iterable[PolicyResponse], out_png: str | Path, bin
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     return _save(figure, out_png)
+
+
+def plot_helpfulness_vs_harm(
+    points: Mapping[str, Sequence[tuple[int, float, float]]], out_png: str | Path, highlight: str = "ppo_lag"
+) -> Path:
+    """Every policy and seed as a point, true harm rate on x, true helpfulness on y (ground truth); up and to the
+    left is better. Points of one seed are joined across the fixed-lambda shaping runs (``shaping_*``, in order of
+    harm), which draws the front a guessed lambda can reach, against which the ``highlight`` policy's points stand."""
+    if not points:
+        raise ValueError("no policy has both a true harm rate and a true helpfulness to plot")
+    figure = _new_figure(6.5, 4.8)
+    axes = figure.add_subplot(1, 1, 1)
+    seeds = sorted({seed for values in points.values() for seed, _, _ in values})
+    for seed in seeds:
+        front = sorted(
+            (harm, helpfulness)
+            for policy, values in points.items()
+            if policy.startswith("shaping_")
+            for s, harm, helpfulness in values
+            if s == seed
+        )
+        if len(front) > 1:
+            axes.plot([h for h, _ in front], [y for _, y in front], color="grey", alpha=0.35, linewidth=1.0)
+    for policy, values in points.items():
+        size, edge = (60, "black") if policy == highlight else (24, "none")
+        axes.scatter([h for _, h, _ in values], [y for _, _, y in values], s=size, edgecolors=edge, alpha=0.8,
+                     label=f"{policy} ({len(values)} seeds)")  # fmt: skip
+    axes.set_xlabel("true harm rate (share of held-out prompts)")
+    axes.set_ylabel("true helpfulness")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    return _save(figure, out_png)

@@ -55,6 +55,7 @@ from safe_rlhf.algorithms import (
     ppo_clip_loss,
     scaled_scores,
 )
+from safe_rlhf.algorithms.selection import Candidate, select_checkpoint
 from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import ConfigError, PPOConfig
 from safe_rlhf.logger import write_run_files
@@ -147,20 +148,29 @@ class PPORecipe:
                 max_value=lagrange.max_value,
                 delay_steps=lagrange.delay_steps,
                 window_size=lagrange.window_size,
-                threshold=threshold,
+                threshold=threshold - lagrange.margin,  # aim below the budget by the margin
                 mode=lagrange.mode,  # type: ignore[arg-type]
                 kp=lagrange.kp,
                 kd=lagrange.kd,
+                min_value=lagrange.min_value,
+                p_ema_alpha=lagrange.p_ema_alpha,
+                d_ema_alpha=lagrange.d_ema_alpha,
             )
             for threshold in lagrange.thresholds
         ]
         self.logger = create_logger(config, self.run_dir, self.total_steps, self.variant)
+        # Checkpoint selection: evaluated candidates, and a copy of the currently selected policy.
+        self.candidates: list[Candidate] = []
+        self.best_model_dir = self.run_dir / ".selected_model"
         checkpoint = engines.find_checkpoint(train.resume, self.run_dir)
         if checkpoint is not None:
             state = engines.load_checkpoint(checkpoint, self.trainable_engines())
             self.step = int(state["step"])
             for multiplier, saved in zip(self.multipliers, state["multipliers"]):
                 multiplier.load_state_dict(saved)
+            self.candidates = [
+                Candidate(c["step"], c["reward"], tuple(c["constraint_values"])) for c in state.get("candidates", [])
+            ]
             self.logger.advance(self.step)
             self.logger.message(f"resumed from {checkpoint} at step {self.step}")
         # Different sampling on every rank, reproducible per (seed, rank, step) so resume samples the same.
@@ -186,6 +196,21 @@ class PPORecipe:
             return samples, items
 
         self.prompt_samples, self.prompt_items = prompts(data.train)
+        self.validation_samples: list[Any] = []
+        self.validation_items: list[Any] = []
+        if data.validation_fraction > 0:
+            # Held out of the RL prompts (never trained on), for checkpoint selection; the final evaluation uses
+            # data.eval, so the selection does not see the test prompts.
+            order = torch.randperm(
+                len(self.prompt_items), generator=torch.Generator().manual_seed(self.config.seed + 3)
+            )
+            held_out = set(order[: max(1, int(len(order) * data.validation_fraction))].tolist())
+            split = [(i in held_out, sample, item) for i, (sample, item) in
+                     enumerate(zip(self.prompt_samples, self.prompt_items))]  # fmt: skip
+            self.validation_samples = [sample for held, sample, _ in split if held]
+            self.validation_items = [item for held, _, item in split if held]
+            self.prompt_samples = [sample for held, sample, _ in split if not held]
+            self.prompt_items = [item for held, _, item in split if not held]
         self.eval_samples, self.eval_items = prompts(data.eval) if data.eval else ([], [])
         self.ptx_items: list[Any] = []
         if data.ptx and self.config.ppo.ptx_coeff > 0:
@@ -639,10 +664,16 @@ class PPORecipe:
         metrics = {f"train/{name}": float(value) for name, value in zip(names, averaged)}
         metrics["train/response_length_max"] = float(distributed.all_gather_cat(lengths.max().reshape(1)).max())
         if self.variant == "ppo_lag":
+            budgets = self.config.lagrange.thresholds
             for k, (multiplier, value) in enumerate(zip(self.multipliers, lambdas)):
+                window_mean = multiplier.window_mean() if multiplier.window else math.nan
                 metrics[f"train/lambda_{k}"] = value
-                metrics[f"train/cost_window_mean_{k}"] = multiplier.window_mean() if multiplier.window else math.nan
-                metrics[f"train/threshold_{k}"] = multiplier.threshold
+                metrics[f"train/cost_window_mean_{k}"] = window_mean
+                metrics[f"train/threshold_{k}"] = budgets[k]  # the budget; the multiplier aims at budget - margin
+                metrics[f"train/constraint_violation_{k}"] = window_mean - budgets[k]
+                if multiplier.mode == "pid":
+                    for part in ("p", "i", "d"):
+                        metrics[f"train/lambda_{part}_{k}"] = multiplier.terms[part]
         return metrics
 
     def iteration(self) -> tuple[Rollout, list[float], dict[str, float], dict[str, float]]:
@@ -691,12 +722,115 @@ class PPORecipe:
                 raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(write=False), step=self.step)
+            if config.select_steps and (self.step % config.select_steps == 0 or self.step == self.total_steps):
+                self.logger.log(self.validate(), step=self.step)
             if save_or_stop(self.step, self.total_steps, config.save_steps, watcher, self.save_checkpoint, self.logger):
                 self.preempted = True
                 break
         watcher.uninstall()
 
     # ---------------------------------------------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def answer(self, items: list[Any], samples: list[Any], seed: int) -> list[dict[str, Any]]:
+        """This rank's share of ``items`` answered (sampled with a fixed seed) and scored: one record per prompt.
+
+        Every rank makes the same number of generate calls (a rank with fewer prompts repeats one and drops the
+        result), which ZeRO-3's layer-wise generation needs."""
+        size = self.config.train.micro_batch_size
+        indices = shard(list(range(len(items))))
+        per_rank = -(-len(items) // distributed.world_size())
+        batches = list(chunks(indices, size))
+        records: list[dict[str, Any]] = []
+        for pass_index in range(-(-per_rank // size)):
+            ids = batches[pass_index] if pass_index < len(batches) else [0]  # equal passes on every rank (ZeRO-3)
+            generated = self.generate([items[i] for i in ids], seed=seed + 31 * pass_index + distributed.rank())
+            rewards, costs_for_use, raw_costs = self.score(generated.input_ids, generated.attention_mask)
+            if pass_index >= len(batches):
+                continue
+            episode_costs = self.episode_costs(costs_for_use, raw_costs)
+            ended, lengths = generated.ended_with_eos, generated.response_lengths
+            responses = self.tokenizer.batch_decode(
+                generated.input_ids[:, generated.prompt_length :], skip_special_tokens=True
+            )
+            for row, index in enumerate(ids):
+                sample = samples[index]
+                records.append(
+                    {
+                        "prompt_id": index,
+                        "prompt": sample.prompt,
+                        "response": responses[row].strip(),
+                        "reward": float(rewards[row]),
+                        # raw score: its sign says unsafe (> 0) also when the model's scores are normalized
+                        "cost": float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0,
+                        "episode_costs": [float(c) for c in episode_costs[row]],
+                        "length": int(lengths[row]),
+                        "ended_with_eos": bool(ended[row]),
+                        "risky": sample.meta.get("risky") if hasattr(sample, "meta") else None,
+                    }
+                )
+        return records
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Checkpoint selection (train.select_steps): answer the validation prompts with the current policy, record
+        it as a candidate, and keep a copy of it when the selection rule now prefers it."""
+        for engine in self.engines.values():
+            engine.eval()
+        records = self.answer(self.validation_items, self.validation_samples, seed=self.config.seed + 5)
+        count = len(records)
+        sums = [sum(r["reward"] for r in records)]
+        sums += [sum(r["episode_costs"][k] for r in records) for k in range(self.num_constraints)]
+        totals = distributed.all_reduce_sum(torch.tensor([float(count), *sums], dtype=torch.float64))
+        count_all = max(float(totals[0]), 1.0)
+        candidate = Candidate(
+            step=self.step,
+            reward=float(totals[1]) / count_all,
+            constraint_values=tuple(float(v) / count_all for v in totals[2:]),
+        )
+        self.candidates.append(candidate)
+        selection = select_checkpoint(self.candidates, self.config.lagrange.thresholds)
+        if selection.step == self.step:
+            engines.export_hf(
+                self.engines["actor"], self.tokenizer, self.best_model_dir, self.config.deepspeed.zero_stage
+            )
+        for name in self.trainable_engines():
+            self.engines[name].train()
+        metrics = {"validation/reward": candidate.reward, "validation/selected_step": float(selection.step)}
+        for k, value in enumerate(candidate.constraint_values):
+            metrics[f"validation/constraint_{k}"] = value
+        return metrics
+
+    def deliver(self) -> None:
+        """Export the policy: with train.select_steps the selected checkpoint goes to model/ and the last iterate to
+        model_last/, and selection.json says which step was chosen and why; otherwise the last iterate to model/."""
+        zero_stage = self.config.deepspeed.zero_stage
+        if not self.config.train.select_steps:
+            path = engines.export_hf(self.engines["actor"], self.tokenizer, self.run_dir / "model", zero_stage)
+            self.logger.message(f"exported the policy to {path}")
+            return
+        last = engines.export_hf(self.engines["actor"], self.tokenizer, self.run_dir / "model_last", zero_stage)
+        selection = select_checkpoint(self.candidates, self.config.lagrange.thresholds)
+        if distributed.is_main_process():
+            import shutil
+
+            target = self.run_dir / "model"
+            if target.exists():
+                shutil.rmtree(target)
+            if selection.step == self.step or not self.best_model_dir.is_dir():
+                shutil.copytree(last, target)
+            else:
+                self.best_model_dir.rename(target)
+            record = {
+                "selected_step": selection.step,
+                "reason": selection.reason,
+                "last_step": self.step,
+                "thresholds": list(self.config.lagrange.thresholds),
+                "candidates": [c.to_dict() for c in self.candidates],
+            }
+            (self.run_dir / "selection.json").write_text(json.dumps(record, indent=2))
+        distributed.barrier()
+        self.logger.message(f"delivered step {selection.step} to model/ ({selection.reason}); last iterate: {last}")
+
     @torch.no_grad()
     def evaluate(self, write: bool = True) -> dict[str, float]:
         """Answer the held-out prompts (sampled, fixed seed) and score them; the judging (ground truth where the
@@ -707,38 +841,7 @@ class PPORecipe:
             return {}
         for engine in self.engines.values():
             engine.eval()
-        size = self.config.train.micro_batch_size
-        indices = shard(list(range(len(self.eval_items))))
-        per_rank = -(-len(self.eval_items) // distributed.world_size())
-        batches = list(chunks(indices, size))
-        records: list[dict[str, Any]] = []
-        for pass_index in range(-(-per_rank // size)):
-            ids = batches[pass_index] if pass_index < len(batches) else [0]  # equal passes on every rank (ZeRO-3)
-            generated = self.generate(
-                [self.eval_items[i] for i in ids], seed=self.config.seed + 31 * pass_index + distributed.rank()
-            )
-            rewards, _, raw_costs = self.score(generated.input_ids, generated.attention_mask)
-            if pass_index >= len(batches):
-                continue
-            ended, lengths = generated.ended_with_eos, generated.response_lengths
-            responses = self.tokenizer.batch_decode(
-                generated.input_ids[:, generated.prompt_length :], skip_special_tokens=True
-            )
-            for row, index in enumerate(ids):
-                sample = self.eval_samples[index]
-                records.append(
-                    {
-                        "prompt_id": index,
-                        "prompt": sample.prompt,
-                        "response": responses[row].strip(),
-                        "reward": float(rewards[row]),
-                        # raw score: its sign says unsafe (> 0) also when the model's scores are normalized
-                        "cost": float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0,
-                        "length": int(lengths[row]),
-                        "ended_with_eos": bool(ended[row]),
-                        "risky": sample.meta.get("risky") if hasattr(sample, "meta") else None,
-                    }
-                )
+        records = self.answer(self.eval_items, self.eval_samples, seed=self.config.seed)
         records = judge_responses(records, self.config.data.eval)
         if distributed.world_size() > 1:
             import torch.distributed as dist
@@ -757,7 +860,10 @@ class PPORecipe:
         for name in self.trainable_engines():
             self.engines[name].train()
         self.last_eval_records = records
-        return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, float)}
+        flat = {k: v for k, v in summary.items() if isinstance(v, float)}
+        for level, rate in summary.get("harm_rate_by_severity", {}).items():
+            flat[f"harm_rate_severity_{level}"] = rate
+        return {f"eval/{k}": v for k, v in flat.items()}
 
     # -------------------------------------------------------------------------------------------------------- save
     def save_checkpoint(self) -> None:
@@ -765,7 +871,11 @@ class PPORecipe:
             self.run_dir / "checkpoints",
             self.step,
             self.trainable_engines(),
-            {"total_steps": self.total_steps, "multipliers": [m.state_dict() for m in self.multipliers]},
+            {
+                "total_steps": self.total_steps,
+                "multipliers": [m.state_dict() for m in self.multipliers],
+                "candidates": [c.to_dict() for c in self.candidates],
+            },
             keep_last=self.config.train.save_total_limit,
             rank_state={"multipliers": [m.state_dict() for m in self.multipliers]},
         )
@@ -780,10 +890,7 @@ class PPORecipe:
                     self.logger.log(final, step=self.step)
                     self.logger.message("evaluation: " + json.dumps({k: round(v, 4) for k, v in final.items()}))
                 if self.config.train.export:
-                    path = engines.export_hf(
-                        self.engines["actor"], self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage
-                    )
-                    self.logger.message(f"exported the policy to {path}")
+                    self.deliver()
             self.logger.close()
         finally:
             distributed.shutdown(*self.engines.values())

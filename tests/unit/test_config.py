@@ -173,6 +173,7 @@ def test_train_configs_share_one_base():
 
     shared = {f.name for f in dataclasses.fields(BaseTrainConfig)}
     assert {"epochs", "max_steps", "save_steps", "save_total_limit", "eval_steps", "resume"} <= shared
-    for schema, own in ((TrainConfig, {"batch_size"}), (RLTrainConfig, {"rollout_batch_size", "mini_batch_size"})):
+    rl_own = {"rollout_batch_size", "mini_batch_size", "select_steps"}
+    for schema, own in ((TrainConfig, {"batch_size"}), (RLTrainConfig, rl_own)):
         assert issubclass(schema, BaseTrainConfig)
         assert {f.name for f in dataclasses.fields(schema)} == shared | own

@@ -106,3 +106,43 @@ def test_invalid_arguments_raise():
     # pid mode may start at 0
     assert LagrangeMultiplier(mode="pid", init=0.0).value == 0.0
     assert math.isfinite(LagrangeMultiplier(max_value=None).update(torch.tensor([1.0])))
+
+
+def test_log_mode_floor_keeps_lambda_from_decaying_below_min_value():
+    multiplier = LagrangeMultiplier(init=1.0, lr=1.0, min_value=0.5, threshold=0.0, window_size=1)
+    # J = -10: log_lambda = 0 + 1 * 1 * (-10) = -10, floored at log 0.5 -> lambda 0.5
+    assert multiplier.update(torch.tensor([-10.0])) == pytest.approx(0.5)
+    # J = 1: log_lambda = log 0.5 + 1 * 0.5 * 1 = -0.193147 -> lambda = 0.824361 (the floor is the new start)
+    assert multiplier.update(torch.tensor([1.0])) == pytest.approx(0.824361, abs=1e-6)
+    assert multiplier.terms == {"i": pytest.approx(0.824361, abs=1e-6)}
+
+
+def test_pid_with_ema_smoothed_p_and_d_by_hand():
+    multiplier = LagrangeMultiplier(init=0.5, lr=0.1, kp=1.0, kd=2.0, p_ema_alpha=0.5, d_ema_alpha=0.5,
+                                    threshold=1.0, max_value=5.0, window_size=1, mode="pid")  # fmt: skip
+    # J = 3: delta 2; I = 0.5 + 0.1 * 2 = 0.7; EMA(delta) starts at 2 -> P = 2; EMA(J) starts at 3, no D yet.
+    assert multiplier.update(torch.tensor([3.0])) == pytest.approx(2.7)
+    # J = 1: delta 0; I = 0.7; EMA(delta) = 0.5 * 2 + 0.5 * 0 = 1 -> P = 1; EMA(J) = 0.5 * 3 + 0.5 * 1 = 2,
+    # falling -> D = 2 * max(0, 2 - 3) = 0; lambda = 1.7
+    assert multiplier.update(torch.tensor([1.0])) == pytest.approx(1.7)
+    # J = 4: delta 3; I = 1.0; EMA(delta) = 0.5 + 1.5 = 2 -> P = 2; EMA(J) = 1 + 2 = 3 -> D = 2 * (3 - 2) = 2;
+    # 1 + 2 + 2 = 5, at max_value
+    assert multiplier.update(torch.tensor([4.0])) == pytest.approx(5.0)
+    assert multiplier.terms == pytest.approx({"p": 2.0, "i": 1.0, "d": 2.0})
+    # the smoothing state survives a checkpoint round trip: the next step is the same from a restored copy
+    restored = LagrangeMultiplier(init=0.5, lr=0.1, kp=1.0, kd=2.0, p_ema_alpha=0.5, d_ema_alpha=0.5,
+                                  threshold=1.0, max_value=5.0, window_size=1, mode="pid")  # fmt: skip
+    restored.load_state_dict(json.loads(json.dumps(multiplier.state_dict())))
+    assert restored.update(torch.tensor([0.0])) == multiplier.update(torch.tensor([0.0]))
+
+
+def test_pid_floor_and_invalid_settings():
+    multiplier = LagrangeMultiplier(init=0.2, lr=1.0, min_value=0.1, threshold=1.0, window_size=1, mode="pid")
+    # J = 0: I = max(0, 0.2 - 1) = 0, lambda = max(0.1, 0) = 0.1
+    assert multiplier.update(torch.tensor([0.0])) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="only apply to mode='pid'"):
+        LagrangeMultiplier(p_ema_alpha=0.5)
+    with pytest.raises(ValueError, match="min_value"):
+        LagrangeMultiplier(init=0.5, min_value=0.6)
+    with pytest.raises(ValueError, match="d_ema_alpha"):
+        LagrangeMultiplier(mode="pid", d_ema_alpha=1.0)
