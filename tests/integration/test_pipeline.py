@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-
 # The default tier runs one RL stage (PPO-Lag) through arena, length bias and report; every RL stage costs ~15 s of
 # start-up, so the run with all of them (plain PPO and reward shaping too) is in the slow tier.
 ALL_STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias",
