@@ -657,11 +657,14 @@ class PipelineConfig:
     ppo: list[str] = field(default_factory=list)
     ppo_lag: list[str] = field(default_factory=list)
     shaping: list[str] = field(default_factory=list)
+    # Overrides shared by the preference-optimisation stages (dpo_better, dpo_safer, safe_dpo; not in the default
+    # stages: add them, or run make demo-dpo).
+    dpo: list[str] = field(default_factory=list)
     arena: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        known = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias",
-                 "report")  # fmt: skip
+        known = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "dpo_better",
+                 "dpo_safer", "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
         for stage in self.stages:
             _choice("stages[]", stage, known)
 
@@ -756,11 +759,19 @@ RECIPE_SCHEMAS: dict[str, type] = {
 }
 
 
+_REGISTERED_SCHEMAS: set[str] = set()
+
+
 def register_configs() -> None:
-    """Register every recipe schema as ``<recipe>_schema`` for the YAML defaults lists."""
+    """Register every recipe schema as ``<recipe>_schema`` for the YAML defaults lists.
+
+    Once per schema and process: storing one converts its whole dataclass tree (tens of ms each, half the time of a
+    config load, which calls this every time), and the store is process-wide."""
     store = ConfigStore.instance()
     for name, schema in RECIPE_SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=schema(recipe=name))
+        if name not in _REGISTERED_SCHEMAS:
+            store.store(name=f"{name}_schema", node=schema(recipe=name))
+            _REGISTERED_SCHEMAS.add(name)
 
 
 def validate(config: Any, world_size: int) -> None:

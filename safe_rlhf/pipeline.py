@@ -26,7 +26,10 @@ from typing import Any
 
 from safe_rlhf.config import PipelineConfig
 
-STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias", "report")
+STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "dpo_better", "dpo_safer",
+          "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
+# Preference optimisation without RL, on the same preference data as the score models: (config, dpo.label).
+DPO_STAGES = {"dpo_better": ("dpo", "better"), "dpo_safer": ("dpo", "safer"), "safe_dpo": ("safe_dpo", "better")}
 
 
 class Pipeline:
@@ -57,11 +60,20 @@ class Pipeline:
         print(f"[{elapsed:6.0f}s] {name}: {text}", flush=True)
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        stage_start = time.perf_counter()
         with open(log, "w") as handle:
             result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
         if result.returncode != 0:
             tail = log.read_text().splitlines()[-5:]
             raise RuntimeError(f"stage {name} failed (exit {result.returncode}); log {log}: " + " | ".join(tail))
+        self._record_time(name, time.perf_counter() - stage_start)
+
+    def _record_time(self, name: str, seconds: float) -> None:
+        """Wall-clock seconds of each stage's subprocess (start-up included), kept across reruns in stage_times.json."""
+        path = self.root / "stage_times.json"
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[name] = round(seconds, 1)
+        path.write_text(json.dumps(times, indent=2))
 
     def policies(self) -> dict[str, Path]:
         names = {"sft": self.root / "sft" / "model"}
@@ -72,6 +84,9 @@ class Pipeline:
             for value in self.config.shaping_lambdas:
                 # No dots in names: hydra would read "shaping_0.1" as a nested key.
                 names[f"shaping_{value:g}".replace(".", "p")] = self.root / f"ppo_reward_shaping_{value:g}" / "model"
+        for stage in DPO_STAGES:
+            if stage in self.config.stages:
+                names[stage] = self.root / stage / "model"
         return names
 
     def run(self) -> None:
@@ -106,6 +121,11 @@ class Pipeline:
                 self._run(
                     f"ppo_reward_shaping_{value:g}", "safe_rlhf.train", "ppo_reward_shaping", overrides, out / "model"
                 )
+        for stage, (config_name, label) in DPO_STAGES.items():
+            if stage in stages:
+                overrides = [f"output_dir={root / stage}", f"model.name_or_path={sft}", f"dpo.label={label}", *common,
+                             *config.dpo]  # fmt: skip
+                self._run(stage, "safe_rlhf.train", config_name, overrides, root / stage / "model")
         arena = root / "arena"
         if "arena" in stages:
             policies = [f"+policies.{name}={path}" for name, path in self.policies().items()]
@@ -148,7 +168,7 @@ def write_seeds_report(root: Path, config: PipelineConfig) -> Path:
     per_seed = {seed: json.loads((root / f"seed-{seed}" / "summary.json").read_text()) for seed in config.seeds}
     aggregate = aggregate_over_seeds(per_seed)
     (root / "seeds_summary.json").write_text(json.dumps({"seeds": list(config.seeds), "policies": aggregate}, indent=2))
-    keys = ("true_helpfulness", "true_harm_rate", "unsafe_rate", "reward", "mean_length")
+    keys = ("true_helpfulness", "true_harm_rate", "unsafe_rate", "reward", "mean_length", "train_seconds")
     per_seed_rows = [
         {"seed": seed, "policy": policy, **{key: values.get(key) for key in keys}}
         for seed, summary in per_seed.items()
@@ -197,6 +217,12 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
 
     arena_summary = json.loads((root / "arena" / "summary.json").read_text())
     summary = pipeline_summary(arena_summary)
+    times_path = root / "stage_times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for name, model_dir in policies.items():
+        if name in summary:
+            # wall-clock of the stage that trained this policy (its directory's name is the stage's name)
+            summary[name]["train_seconds"] = times.get(model_dir.parent.name)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = root / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -219,6 +245,7 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
     table_keys = [
         "true_helpfulness", "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1",
         "harm_rate_by_severity.2", "harm_rate_by_severity.3", "reward", "cost", "unsafe_rate", "mean_length",
+        "train_seconds",
     ]  # fmt: skip
     arena_images = sorted((root / "arena" / "plots").glob("*.png"))
     sections = [

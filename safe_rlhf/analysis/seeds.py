@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 SEED_KEYS = ("true_helpfulness", "true_harm_rate", "true_harm_rate_risky", "unsafe_rate", "reward", "cost",
-             "mean_length")  # fmt: skip
+             "mean_length", "train_seconds")  # fmt: skip
 
 
 def _finite(value: Any) -> float | None:

@@ -16,6 +16,8 @@ _RECIPE_CLASSES = {
     "ppo": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_lag": "safe_rlhf.recipes.ppo:PPORecipe",
     "ppo_reward_shaping": "safe_rlhf.recipes.ppo:PPORecipe",
+    "dpo": "safe_rlhf.recipes.dpo:DPORecipe",
+    "safe_dpo": "safe_rlhf.recipes.dpo:DPORecipe",
 }
 
 
