@@ -229,6 +229,8 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
     curves = []
     keys = ["train/reward", "train/cost", "train/unsafe_rate", "train/lambda_0", "train/cost_window_mean_0", "train/kl",
             "train/response_length"]  # fmt: skip
+    # Preference optimisation has no rollouts: its curves are the pair loss and the implicit-reward accuracy/margin.
+    dpo_keys = ["train/loss", "train/reward_accuracy", "train/reward_margin", "eval/reward_accuracy"]
     for name, model_dir in policies.items():
         metrics = model_dir.parent / "metrics.jsonl"
         if name != "sft" and metrics.exists():
@@ -237,7 +239,7 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
                 plot_training_curves(
                     metrics,
                     plots / f"curves_{name}.png",
-                    keys=keys,
+                    keys=dpo_keys if name in DPO_STAGES else keys,
                     threshold=threshold,
                     threshold_keys=["train/cost_window_mean_0"],  # the constrained quantity (J_C in the multiplier)
                 )

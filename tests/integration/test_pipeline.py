@@ -11,8 +11,8 @@ from tests.conftest import run_cli
 
 # The default tier runs one RL stage (PPO-Lag) through arena, length bias and report; every RL stage costs ~15 s of
 # start-up, so the run with all of them (plain PPO and reward shaping too) is in the slow tier.
-ALL_STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "arena", "length_bias",
-              "report")  # fmt: skip
+ALL_STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "dpo_better", "dpo_safer",
+              "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
 DEFAULT_TIER_STAGES = ("sft", "reward_model", "cost_model", "ppo_lag", "arena", "length_bias", "report")
 
 
@@ -27,7 +27,7 @@ def test_shortened_pipeline_writes_summary_report_and_plots(tmp_path, safe_rlhf_
     command = [sys.executable, "-m", "safe_rlhf.pipeline", f"output_dir={root}",
                "sft=['train.max_steps=20']", "reward_model=['train.max_steps=10']",
                "cost_model=['train.max_steps=10']", rl, "arena=['generation.max_new_tokens=8']",
-               "shaping_lambdas=[2.0]", f"stages=[{','.join(stages)}]"]  # fmt: skip
+               "shaping_lambdas=[2.0]", f"stages=[{','.join(stages)}]", "dpo=['train.max_steps=3']"]  # fmt: skip
     result = run_cli(command, timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     # Every stage printed the exact command it ran.
@@ -35,7 +35,8 @@ def test_shortened_pipeline_writes_summary_report_and_plots(tmp_path, safe_rlhf_
     for stage in printed:
         assert f"] {stage}: " in result.stdout, stage
     summary = json.loads((root / "summary.json").read_text())
-    policies = {"sft", "ppo_lag"} | ({"ppo", "shaping_2"} if "ppo" in stages else set())
+    policies = {"sft", "ppo_lag"} | ({"ppo", "shaping_2", "dpo_better", "dpo_safer", "safe_dpo"} if "ppo" in stages
+                                     else set())  # fmt: skip
     assert set(summary) == policies
     for values in summary.values():
         for key in ("true_helpfulness", "true_harm_rate", "harm_rate_by_severity", "reward", "cost", "mean_length"):
