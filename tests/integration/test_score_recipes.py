@@ -64,6 +64,9 @@ def test_evaluate_cli_reproduces_the_training_evaluation(trained_score_models, t
 
 
 @pytest.mark.distributed
+# Slow tier (make test's budget): the default tier keeps 2-rank ZeRO-3 SFT (export consolidation), PPO-Lag (uneven
+# generation) and the 2-rank normalizer gather; this adds the uneven sharding of held-out pairs over ranks.
+@pytest.mark.slow
 def test_two_rank_zero3_cost_model(tmp_path, safe_rlhf_cache):
     run_dir = tmp_path / "cost-z3"
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")

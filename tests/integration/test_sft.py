@@ -96,6 +96,9 @@ def _interrupted_then_resumed(
 
 
 @pytest.mark.integration
+# Slow tier (make test's 15-minute budget): PPO-Lag's resume-after-SIGTERM equivalence stays in the default tier, and
+# the SLURM requeue test (slow) resumes SFT end to end as well.
+@pytest.mark.slow
 def test_resume_after_sigterm_gives_the_same_loss_sequence(tmp_path, safe_rlhf_cache):
     overrides = [*FAST, "train.max_steps=40", "train.eval_steps=0", "train.export=false"]
     reference_dir, interrupted_dir = tmp_path / "reference", tmp_path / "interrupted"
