@@ -93,10 +93,6 @@ def score_head(model: Any) -> torch.nn.Linear:
     return head
 
 
-def backbone(model: Any) -> torch.nn.Module:
-    return getattr(model, model.base_model_prefix)
-
-
 def token_scores(
     model: Any,
     input_ids: torch.Tensor,  # (B, L)
