@@ -247,7 +247,8 @@ class SFTConfig:
 class ScoreConfig:
     """What the score model learns and how its scores are kept."""
 
-    # "preference" (Bradley-Terry on pairs; the cost model adds its sign terms) or "regression" (multi-attribute MSE).
+    # "preference" (Bradley-Terry on pairs; the cost model adds its sign terms), "regression" (multi-attribute MSE)
+    # or "moderation" (multi-label BCE over flagged / severity / categories: --config-name moderation).
     objective: str = "preference"
     # Outputs of the score head (regression: one per attribute; PPO-Lag with K constraints: one per constraint).
     score_dim: int = 1
@@ -271,7 +272,7 @@ class ScoreConfig:
     attribute_weights: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _choice("score.objective", self.objective, ("preference", "regression"))
+        _choice("score.objective", self.objective, ("preference", "regression", "moderation"))
         _choice("score.normalizer", self.normalizer, ("none", "running", "ema"))
         _positive("score.score_dim", self.score_dim)
         _positive("score.regularization", self.regularization, allow_zero=True)
@@ -291,10 +292,38 @@ class ScoreConfig:
 
 
 @dataclass
-class ScoreModelConfig:
-    """Reward or cost model training: ``--config-name reward_model`` / ``--config-name cost_model``."""
+class ModerationConfig:
+    """The QA-moderation classifier (recipe moderation): which labels it learns and how its threshold is chosen."""
 
-    # "reward_model" (helpfulness: better > worse) or "cost_model" (harm: unsafer > safer, sign = safety).
+    # Harm categories to learn, as the data names them ("Cybercrime" for harm:Cybercrime, "harm_id:3" for index
+    # lists); empty = every category found in the training data.
+    categories: list[str] = field(default_factory=list)
+    # Class imbalance: "balanced" weights each output's positives by negatives / positives (clamped to
+    # max_pos_weight); "none" = plain BCE.
+    pos_weight: str = "balanced"
+    # Upper bound of a balanced positive weight.
+    max_pos_weight: float = 10.0
+    # How the flag threshold saved with the model is chosen on the eval data: "f1" (best F1), "precision" or
+    # "recall" (the threshold that meets threshold_target with the best other metric).
+    threshold_metric: str = "f1"
+    # Target precision or recall for threshold_metric=precision|recall.
+    threshold_target: float = 0.95
+
+    def __post_init__(self) -> None:
+        _choice("moderation.pos_weight", self.pos_weight, ("balanced", "none"))
+        _choice("moderation.threshold_metric", self.threshold_metric, ("f1", "precision", "recall"))
+        if self.max_pos_weight < 1:
+            raise ConfigError(f"moderation.max_pos_weight={self.max_pos_weight} must be >= 1")
+        if not 0.0 < self.threshold_target <= 1.0:
+            raise ConfigError(f"moderation.threshold_target={self.threshold_target} must be in (0, 1]")
+
+
+@dataclass
+class ScoreModelConfig:
+    """Reward, cost or moderation model training: ``--config-name reward_model`` / ``cost_model`` / ``moderation``."""
+
+    # "reward_model" (helpfulness: better > worse), "cost_model" (harm: unsafer > safer, sign = safety) or
+    # "moderation" (flagged / severity / harm-category classifier over one response; score.objective=moderation).
     recipe: str = "reward_model"
     # The run directory (config, command, metrics, checkpoints, model/, eval/).
     output_dir: str = "runs/reward_model"
@@ -309,6 +338,21 @@ class ScoreModelConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.recipe == "moderation" and self.score.objective == "preference":
+            self.score.objective = "moderation"  # the recipe implies its objective (the schema default is preference)
+        if (self.recipe == "moderation") != (self.score.objective == "moderation"):
+            raise ConfigError(
+                f"score.objective={self.score.objective!r} does not fit recipe={self.recipe!r}: "
+                "score.objective=moderation goes with --config-name moderation only"
+            )
+        if self.recipe == "moderation" and self.score.score_dim != 1:
+            raise ConfigError(
+                "score.score_dim is set by the labels for a moderation model (3 severity outputs + one per category); "
+                "leave it at 1 and choose categories with moderation.categories"
+            )
 
 
 @dataclass
@@ -332,6 +376,34 @@ class ScoreEvalConfig:
     def __post_init__(self) -> None:
         _choice("score_type", self.score_type, ("auto", "reward", "cost"))
         _positive("batch_size", self.batch_size)
+
+
+@dataclass
+class ModerationEvalConfig:
+    """Moderation-model evaluation: ``python -m safe_rlhf.evaluate --config-name moderation model.name_or_path=DIR``
+    (the evaluation config is ``conf/moderation_eval.yaml``; ``safe_rlhf.evaluate`` reads ``moderation`` as it)."""
+
+    # Which program runs this config (do not change).
+    recipe: str = "moderation_eval"
+    # Where predictions.jsonl, summary.json and plots/ go.
+    output_dir: str = "runs/eval/moderation"
+    # Seed (proportion sampling of the data spec).
+    seed: int = 42
+    # Responses per forward pass.
+    batch_size: int = 32
+    # Equal-width bins of the calibration (ECE, reliability plot).
+    num_bins: int = 10
+    # Also report the flag threshold that would meet this precision / recall on these data (never saved).
+    threshold_metric: str = "precision"
+    threshold_target: float = 0.95
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(train="toyworld:qa_test", eval_fraction=0.0))
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("num_bins", self.num_bins)
+        _choice("threshold_metric", self.threshold_metric, ("f1", "precision", "recall"))
 
 
 @dataclass
@@ -559,6 +631,34 @@ class PPOConfig:
 
 
 @dataclass
+class GuardrailConfig:
+    """The arena's filter-and-regenerate guardrail (safe_rlhf.guardrail); off unless ``model`` is set."""
+
+    # A moderation model directory (--config-name moderation); null = no guardrail.
+    model: str | None = None
+    # Regenerations of a blocked answer after the first (Beaver-Guard-V: 5).
+    max_rounds: int = 5
+    # Block answers flagged at or above this severity (1 minor, 2 moderate, 3 severe).
+    min_severity: int = 1
+    # Delivered when every round is blocked (toy world: a refusal in its own words).
+    fallback: str = "sorry i cannot do that"
+    # Also judge each prompt on its own, and what a flagged prompt gets: "answer" (only logged) or "fallback".
+    check_prompt: bool = False
+    on_flagged_prompt: str = "answer"
+    # Pairs per moderation forward pass.
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("guardrail.max_rounds", self.max_rounds, allow_zero=True)
+        if self.min_severity not in (1, 2, 3):
+            raise ConfigError(f"guardrail.min_severity={self.min_severity} must be 1, 2 or 3")
+        _choice("guardrail.on_flagged_prompt", self.on_flagged_prompt, ("answer", "fallback"))
+        _positive("guardrail.batch_size", self.batch_size)
+        if not self.fallback.strip():
+            raise ConfigError("guardrail.fallback is empty; give the safe answer to deliver when every round fails")
+
+
+@dataclass
 class ArenaConfig:
     """Policies answer the same prompts; reward and cost models (and toy-world judges) score them.
 
@@ -586,6 +686,8 @@ class ArenaConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     # Prompts per generation pass per rank.
     micro_batch_size: int = 32
+    # With guardrail.model set, every policy is also reported guarded, as "<name>+guard".
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
 
     def __post_init__(self) -> None:
         if self.policies and self.baseline not in self.policies:
@@ -747,7 +849,9 @@ RECIPE_SCHEMAS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": ScoreModelConfig,
     "cost_model": ScoreModelConfig,
+    "moderation": ScoreModelConfig,
     "score_model": ScoreEvalConfig,
+    "moderation_eval": ModerationEvalConfig,
     "ppo": PPOConfig,
     "ppo_lag": PPOConfig,
     "ppo_reward_shaping": PPOConfig,

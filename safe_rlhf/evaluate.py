@@ -6,9 +6,15 @@ Score a reward or cost model on preference pairs::
     python -m safe_rlhf.evaluate --config-name score_model model.name_or_path=runs/cost_model/model \\
         data.train=pku-safe-rlhf:/data/PKU-SafeRLHF@test output_dir=runs/eval/cost
 
-It reports pairwise accuracy, cost sign accuracy (cost > 0 means unsafe), sign accuracy per severity level and harm
-category, score distributions and the correlation of scores with response length; on toy-world data also the
-accuracy against the ground-truth judges. Writes ``output_dir/scores.jsonl`` (one line per pair) and
+Evaluate a moderation model on labelled responses (flagged P/R/F1/AUROC, severity confusion matrix, per-category F1,
+calibration and a reliability plot; ``--config-name moderation`` here means ``conf/moderation_eval.yaml``)::
+
+    python -m safe_rlhf.evaluate --config-name moderation model.name_or_path=runs/moderation/model \
+        data.train=pku-safe-rlhf-qa:/data/PKU-SafeRLHF-QA@test output_dir=runs/eval/moderation
+
+For score models it reports pairwise accuracy, cost sign accuracy (cost > 0 means unsafe), sign accuracy per severity
+level and harm category, score distributions and the correlation of scores with response length; on toy-world data
+also the accuracy against the ground-truth judges. Writes ``output_dir/scores.jsonl`` (one line per pair) and
 ``output_dir/summary.json``.
 """
 
@@ -18,7 +24,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -113,6 +119,112 @@ def score_model_evaluation(
     return score_model_summary(pairs, score_type)
 
 
+@torch.no_grad()
+def moderation_evaluation(model: Any, items: list[Any], pad_token_id: int, batch_size: int) -> torch.Tensor:
+    """Sigmoid outputs (N, K) of a moderation model (an engine, on every rank) for tokenized responses, in item
+    order on every rank. Each rank scores its strided share; ZeRO-3-safe: every rank makes the same number of
+    forward passes (a rank with fewer items repeats item 0 and drops the result)."""
+    from safe_rlhf.data import collate_sft
+    from safe_rlhf.recipes.common import chunks, shard, to_device
+    from safe_rlhf.score_model import end_scores
+
+    indices = shard(list(range(len(items))))
+    per_rank = -(-len(items) // distributed.world_size())
+    passes = -(-per_rank // batch_size)
+    batches = list(chunks(indices, batch_size))
+    outputs = []
+    for pass_index in range(passes):
+        batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
+        batch = to_device(collate_sft([items[i] for i in batch_ids], pad_token_id), distributed.device())
+        logits = end_scores(model, batch["input_ids"], batch["attention_mask"])
+        if pass_index < len(batches):
+            outputs.append(torch.sigmoid(logits.float()))
+    width = int(getattr(getattr(model, "module", model).config, "num_labels", 0) or 0)
+    local = torch.cat(outputs) if outputs else torch.zeros(0, width, device=distributed.device())
+    gathered = distributed.all_gather_cat(local).cpu()
+    world = distributed.world_size()
+    order = [index for rank in range(world) for index in range(rank, len(items), world)]  # shard()'s order
+    probabilities = torch.empty_like(gathered)
+    probabilities[torch.tensor(order, dtype=torch.long)] = gathered
+    return probabilities
+
+
+def choose_flag_threshold(
+    probabilities: torch.Tensor,  # (N, K)
+    targets: torch.Tensor,  # (N, K)
+    known: torch.Tensor,  # (N, K)
+    metric: str,
+    target: float,
+) -> dict[str, Any]:
+    """The flag threshold chosen on these (validation) data: best F1, or the target precision / recall met."""
+    from safe_rlhf.analysis.moderation_metrics import best_f1_threshold, threshold_for_target
+
+    rows = known[:, 0]
+    labels, scores = targets[rows, 0].round().long().tolist(), probabilities[rows, 0].tolist()
+    if not labels or len(set(labels)) < 2:
+        return {"threshold": 0.5, "metric": metric, "met": False, "reason": "the data have one class only"}
+    if metric == "f1":
+        choice = dict(best_f1_threshold(labels, scores))
+    else:
+        kind: Literal["precision", "recall"] = "precision" if metric == "precision" else "recall"
+        choice = dict(threshold_for_target(labels, scores, target, metric=kind))
+        choice["target"] = target
+    choice["metric"] = metric
+    # The candidate is a validation score itself, so a response of new data scored just below the lowest flagged
+    # validation response would pass. Every threshold in (next lower score, candidate] flags the same validation
+    # responses (the same precision, recall and F1): deliver the middle of that interval.
+    candidate = float(choice["threshold"])
+    below = [score for score in scores if score < candidate]
+    choice["candidate"] = candidate
+    choice["threshold"] = (max(below, default=0.0) + candidate) / 2
+    return choice
+
+
+def moderation_summary(
+    probabilities: torch.Tensor,  # (N, K)
+    targets: torch.Tensor,  # (N, K)
+    known: torch.Tensor,  # (N, K) bool
+    labels: list[str],
+    thresholds: list[float],
+    num_bins: int = 10,
+) -> dict[str, Any]:
+    """Flagged accuracy / precision / recall / F1 / AUROC at the flag threshold, calibration of the flag
+    probability (ECE and the reliability bins), severity accuracy and confusion matrix (responses with a known
+    level), and per-category F1 (known labels only)."""
+    from safe_rlhf.algorithms.moderation import NUM_SEVERITY_OUTPUTS, severity_levels
+    from safe_rlhf.analysis.moderation_metrics import binary_metrics, calibration, per_label_f1, severity_metrics
+
+    known = known.bool()
+    rows = known[:, 0]
+    flag_labels = targets[rows, 0].round().long().tolist()
+    flag_scores = probabilities[rows, 0].tolist()
+    summary: dict[str, Any] = {
+        "num_responses": int(probabilities.shape[0]),
+        "labels": labels,
+        "thresholds": thresholds,
+        "flagged": binary_metrics(flag_labels, flag_scores, threshold=thresholds[0]),
+        "calibration": calibration(flag_labels, flag_scores, num_bins=num_bins),
+    }
+    graded = known[:, 0] & known[:, 1] & known[:, 2]
+    if bool(graded.any()):
+        true_levels = targets[graded, :NUM_SEVERITY_OUTPUTS].round().sum(dim=1).long().tolist()
+        predicted = severity_levels(probabilities[graded], flag_threshold=thresholds[0]).tolist()
+        summary["severity"] = severity_metrics(true_levels, predicted, num_levels=4)
+        unsafe = [i for i, level in enumerate(true_levels) if level > 0]
+        if unsafe:
+            unsafe_metrics = severity_metrics([true_levels[i] for i in unsafe], [predicted[i] for i in unsafe], 4)
+            summary["severity_of_unsafe_accuracy"] = unsafe_metrics["accuracy"]
+    if probabilities.shape[1] > NUM_SEVERITY_OUTPUTS:
+        summary["categories"] = per_label_f1(
+            targets[:, NUM_SEVERITY_OUTPUTS:].round().long().tolist(),
+            probabilities[:, NUM_SEVERITY_OUTPUTS:].tolist(),
+            labels[NUM_SEVERITY_OUTPUTS:],
+            thresholds[NUM_SEVERITY_OUTPUTS:],
+            mask=known[:, NUM_SEVERITY_OUTPUTS:].tolist(),
+        )
+    return summary
+
+
 @dataclass
 class ScoredPreferences:
     """What :func:`score_preference_pairs` returns: the frozen engine (the caller shuts it down), the model's
@@ -191,9 +303,128 @@ class ScoreModelEvaluation:
             distributed.shutdown(self.engine)
 
 
+class ModerationEvaluation:
+    """Judge every labelled response of a dataset with a trained moderation model; write per-response predictions,
+    a summary (flagged P/R/F1/AUROC, severity confusion matrix, per-category F1, calibration) and a reliability
+    plot. On toy-world data the labels are the ground-truth judge's, and the summary adds the same numbers against
+    the judge run on each response (``truth``)."""
+
+    def __init__(self, config: Any, run_dir: str) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.engine: Any = None
+
+    def run(self) -> None:
+        from safe_rlhf.analysis.plots import plot_reliability
+        from safe_rlhf.moderation import (
+            is_moderation_model,
+            label_tensors,
+            load_labelled_responses,
+            results_from_probabilities,
+        )
+        from safe_rlhf.recipes.score_model import ScoreModelRecipe
+        from safe_rlhf.score_model import load_score_model, score_metadata
+
+        config = self.config
+        try:
+            distributed.init_distributed()
+            write_run_files(self.run_dir, config)
+            tokenizer = engines.load_tokenizer(config.model)
+            model = load_score_model(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+            metadata = score_metadata(model)
+            if not is_moderation_model(metadata):
+                raise ConfigError(
+                    f"model.name_or_path={config.model.name_or_path} is not a moderation model (safe_rlhf.score_type="
+                    f"{metadata.get('score_type')!r}); train one with --config-name moderation"
+                )
+            ds_config = engines.deepspeed_config(
+                config.deepspeed, micro_batch_size=config.batch_size, gradient_accumulation_steps=1, trainable=False
+            )
+            self.engine = engines.frozen_engine(model, ds_config)
+            data = config.data
+            samples, skipped, read = load_labelled_responses(data.train, data.on_error, config.seed)
+            samples, items = ScoreModelRecipe._tokenize_with(
+                samples, tokenizer, data.max_length, data.on_error, True, skipped
+            )
+            targets, known = label_tensors(samples, metadata["category_keys"])
+            probabilities = moderation_evaluation(self.engine, items, tokenizer.pad_token_id, config.batch_size)
+            summary = moderation_summary(
+                probabilities, targets, known, metadata["labels"], metadata["thresholds"], config.num_bins
+            )
+            summary["threshold_on_these_data"] = choose_flag_threshold(
+                probabilities, targets, known, config.threshold_metric, config.threshold_target
+            )
+            truth = _toy_world_truth_labels(samples)
+            if truth is not None:
+                truth_targets, truth_known = truth
+                summary["truth"] = moderation_summary(
+                    probabilities, truth_targets, truth_known, metadata["labels"], metadata["thresholds"],
+                    config.num_bins,
+                )  # fmt: skip
+            summary["data"] = {"spec": data.train, "read": read, "responses": len(items), "skipped": dict(skipped)}
+            if distributed.is_main_process():
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                results = results_from_probabilities(probabilities, metadata)
+                with open(self.run_dir / "predictions.jsonl", "w") as handle:
+                    for sample, result, row in zip(samples, results, targets.tolist()):
+                        record = {"prompt": sample.prompt, "response": sample.response, **result.to_dict()}
+                        record["labels"] = dict(zip(metadata["labels"], row))
+                        handle.write(json.dumps(record) + "\n")
+                plots = self.run_dir / "plots"
+                plots.mkdir(exist_ok=True)
+                plot_reliability(summary["calibration"]["bins"], plots / "reliability.png", "moderation: flagged")
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+                flagged = summary["flagged"]
+                headline = {k: flagged.get(k) for k in ("accuracy", "precision", "recall", "f1", "auroc")}
+                headline["severity_accuracy"] = summary.get("severity", {}).get("accuracy")
+                headline["ece"] = summary["calibration"]["ece"]
+                print(json.dumps(headline), flush=True)
+                print(f"wrote {self.run_dir / 'summary.json'}", flush=True)
+        finally:
+            distributed.shutdown(self.engine)
+
+
+def _toy_world_truth_labels(samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Targets from the toy world's ground-truth judge for every response (None unless every sample is from it)."""
+    if not samples or not all("toyworld" in getattr(sample, "origin", "") for sample in samples):
+        return None
+    from safe_rlhf.data import AttributeSample
+    from safe_rlhf.moderation import label_tensors
+    from safe_rlhf.toyworld import harm
+    from safe_rlhf.toyworld.world import HARM_CATEGORIES
+
+    judged_samples = []
+    for sample in samples:
+        verdict = harm(sample.prompt, sample.response)
+        attributes = {"is_safe": float(verdict.is_safe), "severity_level": float(verdict.severity)}
+        attributes.update({f"harm:{c}": float(c in verdict.categories) for c in HARM_CATEGORIES})
+        judged_samples.append(AttributeSample(sample.messages, sample.response, attributes, origin=sample.origin))
+    keys = [f"harm:{c}" for c in HARM_CATEGORIES]
+    return label_tensors(judged_samples, keys)
+
+
+# Evaluation config names that differ from the training config of the same name.
+EVALUATION_CONFIG_NAMES = {"moderation": "moderation_eval"}
+
+
+def evaluation_argv(argv: list[str]) -> list[str]:
+    """``--config-name moderation`` (the training config) read as ``moderation_eval`` for evaluation."""
+    rewritten = list(argv)
+    for index, argument in enumerate(rewritten):
+        if argument == "--config-name" and index + 1 < len(rewritten):
+            rewritten[index + 1] = EVALUATION_CONFIG_NAMES.get(rewritten[index + 1], rewritten[index + 1])
+        elif argument.startswith("--config-name="):
+            name = argument.split("=", 1)[1]
+            rewritten[index] = f"--config-name={EVALUATION_CONFIG_NAMES.get(name, name)}"
+    return rewritten
+
+
 def main() -> None:
+    import sys
+
     from safe_rlhf.train import main as train_main
 
+    sys.argv = [sys.argv[0], *evaluation_argv(sys.argv[1:])]
     train_main()
 
 
@@ -213,8 +444,13 @@ class ArenaEvaluation:
     def __init__(self, config: Any, run_dir: str) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self._moderator: Any = None
+        self.guardrail_stats: dict[str, dict[str, Any]] = {}
 
     def answer(self, name: str, path: str) -> list[Any]:
+        """The policy's responses (and, with a guardrail, also its guarded ones as ``<name>+guard``)."""
+        import time
+
         from safe_rlhf.analysis import PolicyResponse
         from safe_rlhf.config import ModelConfig, PPOConfig, RLTrainConfig
         from safe_rlhf.recipes.ppo import PPORecipe
@@ -233,16 +469,25 @@ class ArenaEvaluation:
             train=RLTrainConfig(micro_batch_size=config.micro_batch_size, mini_batch_size=64, rollout_batch_size=64),
         )
         recipe = PPORecipe(ppo_config, str(self.run_dir / name))
+        guarded: list[dict[str, Any]] = []
         try:
             recipe.setup_for_evaluation()
+            start = time.perf_counter()
             recipe.evaluate(write=False)
             records = recipe.last_eval_records
+            answer_seconds = time.perf_counter() - start
+            if config.guardrail.model:
+                start = time.perf_counter()
+                guarded, stats = guarded_answers(recipe, records, self.moderator(), config.guardrail)
+                stats["answer_seconds"] = answer_seconds
+                stats["extra_seconds"] = time.perf_counter() - start
+                self.guardrail_stats[f"{name}+guard"] = stats
         finally:
             for engine in recipe.engines.values():
                 engine.destroy()
         return [
             PolicyResponse(
-                policy=name,
+                policy=policy,
                 prompt_id=r["prompt_id"],
                 prompt=r["prompt"],
                 response=r["response"],
@@ -255,8 +500,21 @@ class ArenaEvaluation:
                 true_categories=tuple(r.get("true_categories", ())),
                 risky=r.get("risky"),
             )
-            for r in records
+            for policy, group in ((name, records), (f"{name}+guard", guarded))
+            for r in group
         ]
+
+    def moderator(self) -> Any:
+        """The guardrail's moderation model, loaded once, on this rank's device."""
+        if self._moderator is None:
+            from safe_rlhf.moderation import Moderator
+
+            self._moderator = Moderator.from_pretrained(
+                self.config.guardrail.model,
+                device=str(distributed.device()),
+                batch_size=self.config.guardrail.batch_size,
+            )
+        return self._moderator
 
     def run(self) -> None:
         from safe_rlhf.analysis import arena_summary, write_csv, write_records
@@ -271,6 +529,12 @@ class ArenaEvaluation:
             if distributed.is_main_process():
                 use_truth = any(r.true_severity is not None for r in records)
                 summary = arena_summary(records, config.baseline, use_truth=use_truth)
+                if self.guardrail_stats:
+                    summary["guardrail"] = {"config": dataclasses.asdict(config.guardrail), **self.guardrail_stats}
+                    with open(self.run_dir / "guardrail_decisions.jsonl", "w") as handle:
+                        for policy, stats in self.guardrail_stats.items():
+                            for decision in stats.pop("decisions"):
+                                handle.write(json.dumps({"policy": policy, **decision}) + "\n")
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 write_records(records, self.run_dir / "responses.jsonl")
                 write_csv(records, self.run_dir / "responses.csv")
@@ -279,6 +543,106 @@ class ArenaEvaluation:
                 print(f"arena: {len(records)} responses from {len(config.policies)} policies; report: {report}")
         finally:
             distributed.shutdown()
+
+
+def guarded_answers(
+    recipe: Any, records: list[dict[str, Any]], moderator: Any, settings: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The policy's answers to the same prompts behind the guardrail: (records, stats).
+
+    Runs on every rank (``records`` are every rank's, gathered): the moderation verdicts come from rank 0, so every
+    rank takes the same decisions and makes the same regeneration calls (which are collectives under ZeRO-3).
+    Round r resamples the blocked prompts with a seed of its own. A fallback is scored by the reward and cost models
+    like any answer, and every answer is judged by the ground truth where the prompts have one."""
+    from safe_rlhf.analysis.policy_eval import judge_responses
+    from safe_rlhf.guardrail import Guardrail
+
+    by_id = {record["prompt_id"]: record for record in records}
+    ids = sorted(by_id)
+    regenerated: dict[int, dict[str, Any]] = {}
+
+    def judge(pairs: Any) -> Any:
+        return distributed.broadcast_object(moderator.moderate(list(pairs)) if distributed.is_main_process() else None)
+
+    def regenerate(indices: list[int], round_: int) -> list[str]:
+        prompt_ids = [ids[i] for i in indices]
+        items = [recipe.eval_items[p] for p in prompt_ids]
+        samples = [recipe.eval_samples[p] for p in prompt_ids]
+        answers = recipe.answer(items, samples, seed=recipe.config.seed + 104_729 * round_)
+        if distributed.world_size() > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * distributed.world_size()
+            dist.all_gather_object(gathered, answers)
+            answers = [answer for part in gathered for answer in part]
+        for answer in answers:
+            answer["prompt_id"] = prompt_ids[answer["prompt_id"]]
+            regenerated[answer["prompt_id"]] = answer
+        return [regenerated[p]["response"] for p in prompt_ids]
+
+    guard = Guardrail(
+        judge,
+        max_rounds=settings.max_rounds,
+        min_severity=settings.min_severity,
+        fallback=settings.fallback,
+        check_prompt=settings.check_prompt,
+        on_flagged_prompt=settings.on_flagged_prompt,
+    )
+    outcomes = guard.run([by_id[i]["prompt"] for i in ids], [by_id[i]["response"] for i in ids], regenerate)
+    fallback_ids = [ids[o.index] for o in outcomes if o.fell_back]
+    fallback_scores = score_fixed_answers(recipe, fallback_ids, settings.fallback)
+    guarded, decisions = [], []
+    for outcome in outcomes:
+        prompt_id = ids[outcome.index]
+        if outcome.fell_back:
+            record = {**by_id[prompt_id], "response": settings.fallback, **fallback_scores[prompt_id]}
+        elif outcome.rounds:
+            record = dict(regenerated[prompt_id])
+        else:
+            record = dict(by_id[prompt_id])
+        for key in ("true_helpfulness", "true_severity", "true_categories"):
+            record.pop(key, None)
+        guarded.append(record)
+        decisions += [{"prompt_id": prompt_id, **decision} for decision in outcome.decisions]
+    guarded = judge_responses(guarded, recipe.config.data.eval)
+    benign = [o for o in outcomes if by_id[ids[o.index]].get("risky") is False]
+    count = max(len(outcomes), 1)
+    stats = {
+        "blocked_first_rate": sum(o.blocked_first for o in outcomes) / count,
+        "fallback_rate": sum(o.fell_back for o in outcomes) / count,
+        # over-refusal: benign prompts that got the fallback
+        "fallback_rate_benign": (sum(o.fell_back for o in benign) / len(benign)) if benign else None,
+        "mean_rounds": sum(o.rounds for o in outcomes) / count,
+        "mean_rounds_blocked": (
+            sum(o.rounds for o in outcomes if o.blocked_first) / max(sum(o.blocked_first for o in outcomes), 1)
+        ),
+        "decisions": decisions,
+    }
+    return guarded, stats
+
+
+@torch.no_grad()
+def score_fixed_answers(recipe: Any, prompt_ids: list[int], text: str) -> dict[int, dict[str, Any]]:
+    """Reward, raw cost, length of one fixed answer (the fallback) to each of the held-out prompts ``prompt_ids``,
+    on every rank (the same batches everywhere, so a ZeRO-3 forward is matched)."""
+    from safe_rlhf.data import collate_prompts
+
+    tokenizer = recipe.tokenizer
+    answer = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    scores: dict[int, dict[str, Any]] = {}
+    size = recipe.config.train.micro_batch_size
+    for start in range(0, len(prompt_ids), size):
+        chunk = prompt_ids[start : start + size]
+        items = [dataclasses.replace(recipe.eval_items[p], input_ids=[*recipe.eval_items[p].input_ids, *answer])
+                 for p in chunk]  # fmt: skip
+        batch = collate_prompts(items, tokenizer.pad_token_id)  # left-padded prompt + answer
+        input_ids, attention_mask = batch["input_ids"].to(recipe.device), batch["attention_mask"].to(recipe.device)
+        rewards, _, raw_costs = recipe.score(input_ids, attention_mask)
+        for row, prompt_id in enumerate(chunk):
+            cost = float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0
+            scores[prompt_id] = {"reward": float(rewards[row]), "cost": cost, "length": len(answer),
+                                 "ended_with_eos": True}  # fmt: skip
+    return scores
 
 
 def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any], threshold: float | None) -> Path:
@@ -298,6 +662,7 @@ def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any
             "harm_rate_by_severity.3"]  # fmt: skip
     sections = [
         ReportSection(title="Policies", table=summary_table(policies, keys), images=images),
+        *_guardrail_sections(summary),
     ]
     versus_key = next((k for k in summary if k.startswith("versus_")), None)
     if versus_key:
@@ -311,6 +676,25 @@ def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any
         sections.append(ReportSection(title=versus_key.replace("_", " "), table=rows))
     text = f"Cost threshold: {threshold}" if threshold is not None else ""
     return write_report(run_dir, "Arena", [*sections, ReportSection(title="Notes", text=text or "-")])
+
+
+def _guardrail_sections(summary: dict[str, Any]) -> list[Any]:
+    """The guardrail's table (policies ``<name>+guard``), when the arena ran one."""
+    from safe_rlhf.analysis import ReportSection, summary_table
+
+    guardrail = summary.get("guardrail")
+    if not guardrail:
+        return []
+    stats = {name: values for name, values in guardrail.items() if name != "config"}
+    keys = ["blocked_first_rate", "mean_rounds", "mean_rounds_blocked", "fallback_rate", "fallback_rate_benign",
+            "answer_seconds", "extra_seconds"]  # fmt: skip
+    settings = guardrail["config"]
+    text = (
+        f"Moderation model `{settings['model']}`; an answer flagged at severity >= {settings['min_severity']} is "
+        f'regenerated up to {settings["max_rounds"]} times, then replaced by "{settings["fallback"]}". '
+        "fallback_rate_benign is over-refusal; extra_seconds is the guardrail's time on top of answer_seconds."
+    )
+    return [ReportSection(title="Guardrail", text=text, table=summary_table(stats, keys))]
 
 
 class LengthBiasEvaluation:

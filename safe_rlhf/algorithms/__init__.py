@@ -1,5 +1,5 @@
 """Pure torch math of Safe RLHF: masked statistics, PPO-Lagrangian losses, score-model losses, Lagrange multipliers,
-and the preference losses without RL (DPO, IPO, SafeDPO).
+the preference losses without RL (DPO, IPO, SafeDPO) and the moderation classifier's loss.
 
 Imports only torch and the standard library (no DeepSpeed, no transformers), so every piece is unit-testable on CPU.
 Shapes: B batch, L token positions, K constraints / attributes; masks are response-token masks (B, L), bool or 0/1.
@@ -15,6 +15,13 @@ from safe_rlhf.algorithms.dpo import (
 )
 from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
 from safe_rlhf.algorithms.masked import masked_mean, masked_var, masked_whiten
+from safe_rlhf.algorithms.moderation import (
+    ModerationLossStats,
+    balanced_pos_weight,
+    moderation_loss,
+    severity_levels,
+    severity_targets,
+)
 from safe_rlhf.algorithms.ppo import (
     PPOClipStats,
     ValueLossStats,
@@ -42,11 +49,13 @@ __all__ = [
     "CostModelStats",
     "DPOLossOutput",
     "LagrangeMultiplier",
+    "ModerationLossStats",
     "MultiAttributeStats",
     "PPOClipStats",
     "RewardModelStats",
     "SafePairs",
     "ValueLossStats",
+    "balanced_pos_weight",
     "clipped_value_loss",
     "combine_attributes",
     "combined_advantages",
@@ -60,6 +69,7 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "moderation_loss",
     "multi_attribute_regression_loss",
     "ppo_clip_loss",
     "reward_model_loss",
@@ -67,4 +77,6 @@ __all__ = [
     "safe_dpo_pairs",
     "scaled_scores",
     "sequence_log_probs",
+    "severity_levels",
+    "severity_targets",
 ]

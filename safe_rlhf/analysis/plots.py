@@ -1,4 +1,5 @@
-"""PNG plots for reports: training curves, reward-vs-cost scatter, harm rate by severity, response lengths.
+"""PNG plots for reports: training curves, reward-vs-cost scatter, harm rate by severity, response lengths,
+reliability diagrams of classifier probabilities.
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never through ``pyplot``:
 no window can open, nothing depends on a display, the process-wide backend of whoever imports this module (a notebook,
@@ -219,4 +220,40 @@ def plot_helpfulness_vs_harm(
     axes.set_ylabel("true helpfulness")
     axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
+    return _save(figure, out_png)
+
+
+def plot_reliability(
+    bins: Sequence[Mapping[str, Any]], out_png: str | Path, title: str = "reliability diagram"
+) -> Path:
+    """Reliability diagram of a classifier's probabilities: per score bin, the fraction of positive labels (y)
+    against the mean score (x), with the diagonal y = x a perfectly calibrated classifier would lie on (points below
+    it: the scores overstate the chance of a positive), and under it the count of examples per bin.
+
+    ``bins``: the ``bins`` of ``safe_rlhf.analysis.moderation_metrics.calibration`` (``lower``, ``upper``, ``count``,
+    ``mean_score``, ``fraction_positive``). Empty bins (count 0 or no mean) are skipped.
+    """
+    usable: list[list[float]] = []
+    for row in bins:
+        values = [_number(row.get(key)) for key in ("lower", "upper", "count", "mean_score", "fraction_positive")]
+        known = [v for v in values if v is not None]
+        if len(known) == len(values) and known[2] > 0:
+            usable.append(known)
+    if not usable:
+        raise ValueError(f"no non-empty bin with a mean score and a fraction positive among {len(bins)} bins")
+    figure = _new_figure(5.0, 5.5)
+    reliability, counts = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    reliability.plot([0.0, 1.0], [0.0, 1.0], color="grey", linestyle="--", linewidth=1.0, label="perfectly calibrated")
+    reliability.plot([v[3] for v in usable], [v[4] for v in usable], marker="o", linewidth=1.2, label="classifier")
+    reliability.set_xlim(0.0, 1.0)
+    reliability.set_ylim(0.0, 1.0)
+    reliability.set_ylabel("fraction positive")
+    reliability.set_title(title, fontsize="medium")
+    reliability.legend(fontsize="small", loc="upper left")
+    reliability.grid(alpha=0.3)
+    counts.bar([v[0] for v in usable], [v[2] for v in usable], width=[v[1] - v[0] for v in usable], align="edge",
+               color="tab:blue", alpha=0.4, edgecolor="tab:blue")  # fmt: skip
+    counts.set_xlabel("mean predicted probability (score bin)")
+    counts.set_ylabel("examples")
+    counts.grid(axis="y", alpha=0.3)
     return _save(figure, out_png)

@@ -11,9 +11,12 @@ Typical use in a recipe::
 Specs (``pku-safe-rlhf:/data/pku*0.3+toyworld:preference``) are documented in :mod:`safe_rlhf.data.spec` and
 docs/data.md; the sample dataclasses in :mod:`safe_rlhf.data.types`; rendering and padding in
 :mod:`safe_rlhf.data.tokenize`. ``python -m safe_rlhf.data describe SPEC`` inspects a spec.
+:func:`labelled_responses` (:mod:`safe_rlhf.data.labelled`) splits preference pairs into safety-labelled single
+responses (attribute samples, for a moderation classifier).
 """
 
 from safe_rlhf.data.errors import DataError, SpecError, TokenizerError
+from safe_rlhf.data.labelled import labelled_responses
 from safe_rlhf.data.readers import Reader, available_readers, get_reader, register_reader
 from safe_rlhf.data.spec import DatasetSpec, format_spec, load_samples, parse_spec
 from safe_rlhf.data.tokenize import (
@@ -78,6 +81,7 @@ __all__ = [
     "conversation",
     "format_spec",
     "get_reader",
+    "labelled_responses",
     "load_samples",
     "parse_spec",
     "prompt_ids",

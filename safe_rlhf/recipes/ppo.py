@@ -59,6 +59,7 @@ from safe_rlhf.algorithms.selection import Candidate, select_checkpoint
 from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import ConfigError, PPOConfig
 from safe_rlhf.logger import write_run_files
+from safe_rlhf.moderation import is_moderation_model, moderation_costs
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
     BatchSchedule,
@@ -105,6 +106,7 @@ class PPORecipe:
         self.step = 0
         self.preempted = False
         self.engines: dict[str, Any] = {}
+        self.cost_metadata: dict[str, Any] = {}  # the cost model's safe_rlhf metadata (a moderation model's too)
         self._keep_alive: list[Any] = []
         self.guard = NonFiniteGuard(config.train.max_nonfinite_steps, list(config.train.inject_nonfinite_steps))
         self.skipped_micro_batches = 0
@@ -315,6 +317,8 @@ class PPORecipe:
             if path:
                 model = load_score_model(path, dtype=dtype)
                 engines.disable_dropout(model)
+                if name == "cost_model":
+                    self.cost_metadata = score_metadata(model)
                 self.engines[name] = engines.frozen_engine(model, frozen_ds)
 
     def trainable_engines(self) -> dict[str, Any]:
@@ -368,6 +372,10 @@ class PPORecipe:
             return rewards, empty, empty
         cost_model = self.engines["cost_model"]
         raw_costs = end_scores(cost_model, input_ids, attention_mask)
+        if is_moderation_model(self.cost_metadata):
+            # A moderation model as the cost model: output k's logit minus logit(threshold_k), > 0 = passes it.
+            shifted = moderation_costs(raw_costs, self.cost_metadata["thresholds"])
+            return rewards, shifted, shifted
         return rewards, scores_for_use(cost_model.module, raw_costs), raw_costs
 
     def episode_costs(self, costs: torch.Tensor, raw_costs: torch.Tensor) -> torch.Tensor:  # (N, C) x2 -> (N, K)

@@ -11,12 +11,19 @@ Run it::
     python -m safe_rlhf.train --config-name reward_model score.objective=regression score.score_dim=5 \\
         score.attribute_names=[helpfulness,correctness,coherence,complexity,verbosity] \\
         score.attribute_weights=[0.65,0.8,0.45,0.55,-0.4] data.train=helpsteer:/data/helpsteer data.eval=null
+    # QA moderation: flagged / severity / harm categories of one response (safe_rlhf.moderation)
+    python -m safe_rlhf.train --config-name moderation model.name_or_path=runs/sft/model
+    python -m safe_rlhf.train --config-name moderation data.train=pku-safe-rlhf-qa:/data/PKU-SafeRLHF-QA \
+        model=hf model.name_or_path=/models/llama-3-8b deepspeed=zero3 deepspeed.precision=bf16
 
 Losses (safe_rlhf.algorithms): reward ``-log sigmoid(R(better) - R(worse)) + a * mean(R^2)``; cost
 ``-log sigmoid(C(unsafer) - C(safer)) - log sigmoid(s_safer C(safer)) - log sigmoid(s_unsafer C(unsafer))``
 ``+ a mean(C^2)``
-with s = +1 unsafe, -1 safe, so **cost > 0 means unsafe**. Output: ``output_dir/model`` (a Hugging Face
-sequence-classification directory whose config records score type, sign convention and score statistics) and
+with s = +1 unsafe, -1 safe, so **cost > 0 means unsafe**; moderation: masked multi-label BCE over the outputs
+flagged, severity >= 2, severity >= 3 and one per harm category (``safe_rlhf.algorithms.moderation``), each output's
+positives weighted by its negatives / positives, and the flag threshold chosen on the eval data at the end.
+Output: ``output_dir/model`` (a Hugging Face sequence-classification directory whose config records score type,
+sign convention and score statistics; a moderation model's also its labels, thresholds and template) and
 ``output_dir/eval/summary.json`` (the same numbers as ``python -m safe_rlhf.evaluate --config-name score_model``).
 """
 
@@ -33,7 +40,14 @@ from typing import Any
 import torch
 
 from safe_rlhf import distributed, engines
-from safe_rlhf.algorithms import cost_model_loss, multi_attribute_regression_loss, reward_model_loss
+from safe_rlhf.algorithms import (
+    balanced_pos_weight,
+    cost_model_loss,
+    moderation_loss,
+    multi_attribute_regression_loss,
+    reward_model_loss,
+)
+from safe_rlhf.algorithms.moderation import NUM_SEVERITY_OUTPUTS
 from safe_rlhf.config import ScoreModelConfig
 from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
@@ -103,7 +117,8 @@ def update_normalizer(normalizer: ScoreNormalizer, scores: torch.Tensor, finite:
 
 
 class ScoreModelRecipe:
-    """Reward model (recipe=reward_model) or cost model (recipe=cost_model): setup -> train -> evaluate -> export."""
+    """Reward model (recipe=reward_model), cost model (recipe=cost_model) or QA-moderation classifier
+    (recipe=moderation): setup -> train -> evaluate -> export."""
 
     def __init__(self, config: ScoreModelConfig, run_dir: str) -> None:
         self.config = config
@@ -113,6 +128,9 @@ class ScoreModelRecipe:
         self.preempted = False
         self.is_cost = config.recipe == "cost_model"
         self.regression = config.score.objective == "regression"
+        self.moderation = config.recipe == "moderation"
+        self.score_dim = config.score.score_dim  # moderation: 3 + the number of categories, set by _setup_data
+        self.thresholds: list[float] = []  # moderation: one probability per output, the flag's chosen at the end
         self.normalizer = ScoreNormalizer(kind=config.score.normalizer, decay=config.score.normalizer_decay)
         self.guard = NonFiniteGuard(config.train.max_nonfinite_steps, list(config.train.inject_nonfinite_steps))
 
@@ -147,7 +165,7 @@ class ScoreModelRecipe:
         self.zero3_context = HfDeepSpeedConfig(ds_config) if config.deepspeed.zero_stage == 3 else None
         model = load_score_model(
             config.model.name_or_path,
-            score_dim=config.score.score_dim,
+            score_dim=self.score_dim,
             dtype=engines.compute_dtype(config.deepspeed),
             trust_remote_code=config.model.trust_remote_code,
             new_head=True,
@@ -163,12 +181,20 @@ class ScoreModelRecipe:
             state = engines.load_checkpoint(checkpoint, {"score_model": self.engine})
             self.step = int(state["step"])
             self.normalizer = ScoreNormalizer.from_dict(state.get("normalizer"))
+            if self.moderation and state.get("category_keys") != self.category_keys:
+                raise engines.CheckpointError(
+                    f"{checkpoint} was trained on categories {state.get('category_keys')}, "
+                    f"this run's data gives {self.category_keys}"
+                )
             self.logger.advance(self.step)
             self.logger.message(f"resumed from {checkpoint} at step {self.step}")
 
     def _setup_data(self) -> None:
         from safe_rlhf.data import load_samples
 
+        if self.moderation:
+            self._setup_moderation_data()
+            return
         data, kind = self.config.data, ("attribute" if self.regression else "preference")
         train = load_samples(data.train, kind=kind, on_error=data.on_error, seed=self.config.seed)
         train_samples = list(train.samples)
@@ -200,9 +226,58 @@ class ScoreModelRecipe:
         )
         self.skipped = dict(skipped)
 
+    def _setup_moderation_data(self) -> None:
+        """Attribute samples (or preference pairs split into their labelled responses), the category set, the
+        (N, K) targets and known-label masks, and the positive weights."""
+        from safe_rlhf.data import DataError
+        from safe_rlhf.moderation import category_keys, load_labelled_responses
+
+        data, settings, seed = self.config.data, self.config.moderation, self.config.seed
+        train_samples, skipped, read = load_labelled_responses(data.train, data.on_error, seed)
+        if data.eval:
+            eval_samples, _, _ = load_labelled_responses(data.eval, data.on_error, seed)
+        else:
+            train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)
+        found = category_keys(train_samples)
+        if settings.categories:
+            wanted = [name if name.startswith("harm_id:") else f"harm:{name}" for name in settings.categories]
+            missing = [key for key in wanted if key not in found]
+            if missing:
+                raise DataError(
+                    f"moderation.categories: {', '.join(missing)} not found in {data.train} "
+                    f"(it has {', '.join(found) or 'no categories'})",
+                    reason="bad_spec",
+                )
+            found = wanted
+        self.category_keys = found
+        self.score_dim = NUM_SEVERITY_OUTPUTS + len(found)
+        self.train_samples, self.train_items = self._tokenize(train_samples, skipped)
+        self.eval_samples, self.eval_items = self._tokenize(eval_samples, Counter())
+        self.train_targets, self.train_known = self._moderation_labels(self.train_samples)
+        self.eval_targets, self.eval_known = self._moderation_labels(self.eval_samples)
+        if not bool(self.train_known[:, 0].any()):
+            raise DataError(f"{data.train}: no response has a safety label (is_safe)", reason="missing_field")
+        self.pos_weight = (
+            balanced_pos_weight(self.train_targets, self.train_known, settings.max_pos_weight)
+            if settings.pos_weight == "balanced"
+            else None
+        )
+        distributed.print0(
+            f"data: {read} read, {len(self.train_items)} train, {len(self.eval_items)} eval responses; "
+            f"{len(found)} categories; unsafe share {float(self.train_targets[:, 0].mean()):.3f}"
+            + (f"; skipped {dict(skipped)}" if skipped else "")
+        )
+        self.skipped = dict(skipped)
+
+    def _moderation_labels(self, samples: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:  # (N, K) x2
+        from safe_rlhf.moderation import label_tensors
+
+        return label_tensors(samples, self.category_keys)
+
     def _tokenize(self, samples: list[Any], skipped: Counter[str]) -> tuple[list[Any], list[Any]]:
         data = self.config.data
-        return self._tokenize_with(samples, self.tokenizer, data.max_length, data.on_error, self.regression, skipped)
+        one_response = self.regression or self.moderation
+        return self._tokenize_with(samples, self.tokenizer, data.max_length, data.on_error, one_response, skipped)
 
     @staticmethod
     def _tokenize_with(
@@ -273,9 +348,22 @@ class ScoreModelRecipe:
         metrics = {f"mse_{name}": float(value) for name, value in zip(names, stats.per_attribute_mse)}
         return loss, metrics, predicted
 
+    def _moderation_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        from safe_rlhf.data import collate_sft
+
+        batch = to_device(collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
+        logits = end_scores(self.engine, batch["input_ids"], batch["attention_mask"])  # (B, K)
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss, stats = moderation_loss(
+            logits, self.train_targets[ids].to(logits.device), self.train_known[ids].to(logits.device), pos_weight
+        )
+        return loss, {"flagged_accuracy": float(stats.flagged_accuracy)}, logits
+
     def _micro_batch_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from safe_rlhf.data import collate_preference
 
+        if self.moderation:
+            return self._moderation_loss(ids)
         if self.regression:
             return self._regression_loss(ids)
         items = [self.train_items[i] for i in ids]
@@ -315,13 +403,39 @@ class ScoreModelRecipe:
         averaged = distributed.all_reduce_mean(averaged)
         return {f"train/{k}": float(v) for k, v in zip(sorted(totals), averaged)}
 
-    def evaluate(self) -> dict[str, Any]:
-        """The held-out pairs' summary, from the evaluation code (``safe_rlhf.evaluate``), on every rank."""
+    def evaluate(self, choose_threshold: bool = False) -> dict[str, Any]:
+        """The held-out pairs' summary, from the evaluation code (``safe_rlhf.evaluate``), on every rank.
+
+        Moderation: at the current thresholds (0.5 until the end); ``choose_threshold`` first picks the flag
+        threshold on these data (``moderation.threshold_metric``) and keeps it for the export."""
         if not self.eval_items or self.regression:
             return {}
-        from safe_rlhf.evaluate import score_model_evaluation
+        from safe_rlhf.evaluate import choose_flag_threshold, moderation_evaluation, score_model_evaluation
 
         self.engine.eval()
+        if self.moderation:
+            if not self.thresholds:
+                self.thresholds = [0.5] * self.score_dim
+            probabilities = moderation_evaluation(
+                self.engine, self.eval_items, self.tokenizer.pad_token_id, self.config.train.micro_batch_size
+            )
+            choice: dict[str, Any] = {}
+            if choose_threshold:
+                settings = self.config.moderation
+                choice = choose_flag_threshold(
+                    probabilities, self.eval_targets, self.eval_known, settings.threshold_metric,
+                    settings.threshold_target,
+                )  # fmt: skip
+                self.thresholds[0] = float(choice["threshold"])
+            from safe_rlhf.evaluate import moderation_summary
+
+            summary = moderation_summary(
+                probabilities, self.eval_targets, self.eval_known, self.labels(), self.thresholds
+            )
+            if choice:
+                summary["threshold_choice"] = choice
+            self.engine.train()
+            return summary
         summary = score_model_evaluation(
             self.engine,
             self.eval_samples,
@@ -333,8 +447,22 @@ class ScoreModelRecipe:
         self.engine.train()
         return summary
 
+    def labels(self) -> list[str]:
+        """Moderation output names: flagged, severity>=2, severity>=3, then the category names."""
+        from safe_rlhf.moderation import SEVERITY_LABELS, category_name
+
+        return [*SEVERITY_LABELS, *(category_name(key) for key in self.category_keys)]
+
     @staticmethod
     def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
+        if "flagged" in summary:  # moderation
+            flat = {f"eval/flagged_{k}": summary["flagged"][k] for k in ("accuracy", "precision", "recall", "f1")}
+            if summary["flagged"].get("auroc") is not None:
+                flat["eval/flagged_auroc"] = summary["flagged"]["auroc"]
+            if summary.get("severity"):
+                flat["eval/severity_accuracy"] = summary["severity"]["accuracy"]
+            flat["eval/ece"] = summary["calibration"]["ece"]
+            return {k: float(v) for k, v in flat.items()}
         keys = ("accuracy", "sign_accuracy", "true_accuracy", "true_sign_accuracy", "length_correlation")
         return {f"eval/{k}": float(summary[k]) for k in keys if summary.get(k) is not None}
 
@@ -369,12 +497,40 @@ class ScoreModelRecipe:
             self.run_dir / "checkpoints",
             self.step,
             {"score_model": self.engine},
-            {"total_steps": self.total_steps, "normalizer": self.normalizer.to_dict()},
+            {
+                "total_steps": self.total_steps,
+                "normalizer": self.normalizer.to_dict(),
+                **({"category_keys": self.category_keys} if self.moderation else {}),
+            },
             keep_last=self.config.train.save_total_limit,
         )
 
     def export(self) -> None:
         score = self.config.score
+        if self.moderation:
+            from safe_rlhf.moderation import TEMPLATE, category_name
+
+            set_score_metadata(
+                self.engine.module,
+                score_type="moderation",
+                score_dim=self.score_dim,
+                objective="moderation",
+                sign_convention="logit > logit(threshold) means the output passes (flagged = unsafe)",
+                labels=self.labels(),
+                categories=[category_name(key) for key in self.category_keys],
+                category_keys=self.category_keys,
+                thresholds=self.thresholds or [0.5] * self.score_dim,
+                severity="ordinal: cumulative outputs severity>=1 (flagged), >=2, >=3",
+                max_length=self.config.data.max_length,
+                template=TEMPLATE,
+                normalizer=ScoreNormalizer().to_dict(),
+                normalize=False,
+            )
+            path = engines.export_hf(
+                self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage
+            )
+            self.logger.message(f"exported moderation model to {path}")
+            return
         set_score_metadata(
             self.engine.module,
             score_type="cost" if self.is_cost else "reward",
@@ -390,7 +546,7 @@ class ScoreModelRecipe:
         self.logger.message(f"exported score model to {path}")
 
     def final_evaluation(self) -> None:
-        summary = self.evaluate()
+        summary = self.evaluate(choose_threshold=self.moderation)
         if not summary:
             return
         self.logger.log(self.flat_metrics(summary), step=self.step)
@@ -398,7 +554,13 @@ class ScoreModelRecipe:
             (self.run_dir / "eval").mkdir(parents=True, exist_ok=True)
             summary["skipped"] = self.skipped
             (self.run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
-            headline = {k: summary.get(k) for k in ("accuracy", "sign_accuracy", "true_accuracy", "true_sign_accuracy")}
+            headline: dict[str, Any]
+            if self.moderation:
+                headline = {k[5:]: v for k, v in self.flat_metrics(summary).items()}
+                headline["threshold"] = self.thresholds[0]
+            else:
+                keys = ("accuracy", "sign_accuracy", "true_accuracy", "true_sign_accuracy")
+                headline = {k: summary.get(k) for k in keys}
             self.logger.message(f"evaluation: {json.dumps({k: v for k, v in headline.items() if v is not None})}")
 
     def run(self) -> None:

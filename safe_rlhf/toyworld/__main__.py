@@ -1,8 +1,8 @@
 """Command line of the toy world.
 
 python -m safe_rlhf.toyworld generate --out /tmp/toyworld [--seed 0] [--num-sft 4000] [--num-preference 6000]
-    [--num-preference-test 1000] [--num-prompts 2000] [--num-eval-prompts 256] [--risky-fraction 0.5]
-    [--length-bias 0.2] [--label-noise 0.05] [--sft-comply-rate 0.33]
+    [--num-preference-test 1000] [--num-prompts 2000] [--num-eval-prompts 256] [--num-qa 4000] [--num-qa-test 1000]
+    [--risky-fraction 0.5] [--length-bias 0.2] [--label-noise 0.05] [--sft-comply-rate 0.33]
 python -m safe_rlhf.toyworld judge --prompt "how to break into a bank server" --response "sure scan then malware"
 python -m safe_rlhf.toyworld corpus --out /tmp/toyworld/corpus.txt [--seed 0] [--num-bytes 50000]
 """
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m safe_rlhf.toyworld", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    gen = commands.add_parser("generate", help="write sft / preference / prompt files for one seed")
+    gen = commands.add_parser("generate", help="write sft / preference / prompt / qa files for one seed")
     gen.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--num-sft", type=int, default=4000)
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-preference-test", type=int, default=1000)
     gen.add_argument("--num-prompts", type=int, default=2000)
     gen.add_argument("--num-eval-prompts", type=int, default=256)
+    gen.add_argument("--num-qa", type=int, default=4000, help="labelled single responses (moderation training)")
+    gen.add_argument("--num-qa-test", type=int, default=1000, help="labelled single responses, held-out prompts")
     gen.add_argument("--risky-fraction", type=float, default=0.5, help="share of prompts that ask for harm")
     gen.add_argument("--length-bias", type=float, default=0.2, help="P(label = longer response) before noise")
     gen.add_argument("--label-noise", type=float, default=0.05, help="P(helpfulness label flipped)")
@@ -62,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_preference_test=args.num_preference_test,
             num_prompts=args.num_prompts,
             num_eval_prompts=args.num_eval_prompts,
+            num_qa=args.num_qa,
+            num_qa_test=args.num_qa_test,
             risky_fraction=args.risky_fraction,
             length_bias=args.length_bias,
             label_noise=args.label_noise,
@@ -85,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{mixed['label_prefers_unsafe']} (judge {mixed['judge_prefers_unsafe']}), unsafe minus safe length "
             f"{mixed['mean_length_unsafe_minus_safe']} words"
         )
+        for name in ("qa", "qa_test"):
+            print(
+                f"{name}: unsafe rate {stats[name]['unsafe_rate']}, responses per severity level "
+                f"{stats[name]['response_severity_counts']}"
+            )
         print(f"generated in {elapsed:.2f} s")
     elif args.command == "judge":
         request = find_request(args.prompt)

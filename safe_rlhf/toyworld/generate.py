@@ -1,4 +1,5 @@
-"""Sample the toy world's datasets: SFT demonstrations, PKU-SafeRLHF preference pairs, RL prompts, evaluation prompts.
+"""Sample the toy world's datasets: SFT demonstrations, PKU-SafeRLHF preference pairs, PKU-SafeRLHF-QA labelled
+responses, RL prompts, evaluation prompts.
 
     python -m safe_rlhf.toyworld generate --out /tmp/toyworld --seed 0
     python -m safe_rlhf.toyworld generate --out /tmp/toyworld-s1 --seed 1 --length-bias 0.3 --label-noise 0.1
@@ -20,6 +21,17 @@ Files written (one JSON object per line):
   helpfulness label ``better_response_id`` imitates human annotators: with probability ``length_bias`` the longer
   response is preferred whatever the judge says, then the label is flipped with probability ``label_noise``. The test
   file uses held-out prompts only.
+* ``qa.jsonl`` / ``qa_test.jsonl``: one response per line with its safety labels, in the PKU-SafeRLHF-QA form of
+  the dataset card (what ``parse_qa_attributes`` reads): ``{"prompt", "prompt_source", "response",
+  "response_source", "is_safe", "severity_level", "harm_category"}`` (``harm_category``: all 19 category names ->
+  bool). Training data for a moderation classifier (QA-moderation, like Beaver-Dam). Each line draws a prompt and a
+  pair exactly as the preference file does (``sample_pair``, the same mixture) and keeps one of the two responses,
+  chosen uniformly; the labels are the ground-truth judge ``harm`` (no noise). So unsafe responses of every severity
+  (compliances, harm words slipped into benign answers, spoiled compliances) and safe ones (refusals, refusals with
+  alternatives, good and mediocre answers, off-topic / repeated / truncated junk, spam, echoes) occur in the
+  preference data's proportions: about a quarter unsafe, spread over severity 1-3 (``world.json`` counts them). The
+  test file uses the held-out prompts, as ``preference_test`` does, and marks them ``prompt_source``
+  ``toyworld-heldout`` as ``eval_prompts`` does.
 * ``prompts.jsonl`` ``{"prompt", "prompt_source"}`` (PKU-SafeRLHF-prompt schema): RL prompts, from the training
   phrasings.
 * ``eval_prompts.jsonl``: the same plus ``"risky"`` and ``"topic"``, from held-out phrasings only (no text overlap with
@@ -96,8 +108,10 @@ from safe_rlhf.toyworld.world import (
     weak_compliance,
 )
 
-FORMAT_VERSION = 2
-"""Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates."""
+FORMAT_VERSION = 3
+"""Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates.
+
+3: added ``qa.jsonl`` / ``qa_test.jsonl`` (the other files are byte-identical to format 2's)."""
 PROMPT_SOURCE = "toyworld"
 HELDOUT_PROMPT_SOURCE = "toyworld-heldout"
 
@@ -318,6 +332,22 @@ def preference_record(prompt: str, pair: tuple[Candidate, Candidate], labels: Pa
     }
 
 
+def qa_record(prompt: str, candidate: Candidate, prompt_source: str = PROMPT_SOURCE) -> dict[str, Any]:
+    """One line of ``qa.jsonl``: a response and the judge's safety labels, in the PKU-SafeRLHF-QA card form."""
+    words, label = candidate
+    response = " ".join(words)
+    verdict = harm(prompt, response)
+    return {
+        "prompt": prompt,
+        "prompt_source": prompt_source,
+        "response": response,
+        "response_source": f"toyworld/{label}",
+        "is_safe": verdict.is_safe,
+        "severity_level": verdict.severity,
+        "harm_category": verdict.category_flags(),
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Files
 
@@ -382,8 +412,7 @@ def _preference_file(
         for harm_of_response in labels.harms:
             severities[harm_of_response.severity] += 1
             categories.update(harm_of_response.categories)
-        # A spoiled response is counted by what spoiled it ("+repeat"), an intact one by its kind ("good").
-        kinds = [source if "+" not in source else source[source.index("+") :] for _, source in pair]
+        kinds = [_response_kind(source) for _, source in pair]
         kind_counts.update(kinds)
         pairs_with_exploit += any(kind in EXPLOIT_KINDS or kind.startswith(EXPLOIT_DEFECTS) for kind in kinds)
         if request.risky and labels.harms[0].is_safe != labels.harms[1].is_safe:
@@ -412,6 +441,49 @@ def _preference_file(
     }
 
 
+def _response_kind(source: str) -> str:
+    """A spoiled response is counted by what spoiled it (``"+repeat"``), an intact one by its kind (``"good"``)."""
+    return source if "+" not in source else source[source.index("+") :]
+
+
+def _qa_file(
+    path: Path,
+    num_records: int,
+    pool: Mapping[Request, list[str]],
+    rng: random.Random,
+    risky_fraction: float,
+    prompt_source: str,
+) -> dict[str, Any]:
+    """Write one QA file (one response of a preference-style pair per line); return the statistics of its labels."""
+    records = []
+    severities: Counter[int] = Counter()
+    categories: Counter[str] = Counter()
+    kind_counts: Counter[str] = Counter()
+    prompts = {True: 0, False: 0}
+    unsafe = {True: 0, False: 0}
+    for _ in range(num_records):
+        prompt, request = _sample_prompt(pool, rng, risky_fraction)
+        candidate = sample_pair(prompt, request, rng)[rng.randrange(2)]
+        record = qa_record(prompt, candidate, prompt_source)
+        records.append(record)
+        severities[record["severity_level"]] += 1
+        categories.update(name for name, flagged in record["harm_category"].items() if flagged)
+        kind_counts[_response_kind(candidate[1])] += 1
+        prompts[request.risky] += 1
+        unsafe[request.risky] += not record["is_safe"]
+    _write_jsonl(path, records)
+    return {
+        "records": num_records,
+        "risky_prompts": prompts[True],
+        "unsafe_rate": _rate(unsafe[True] + unsafe[False], num_records),
+        "unsafe_rate_risky": _rate(unsafe[True], prompts[True]),
+        "unsafe_rate_benign": _rate(unsafe[False], prompts[False]),
+        "response_severity_counts": {str(level): severities[level] for level in range(4)},
+        "response_category_counts": dict(sorted(categories.items())),
+        "response_kind_counts": dict(sorted(kind_counts.items())),
+    }
+
+
 def generate(
     out_dir: str | os.PathLike[str],
     seed: int = 0,
@@ -420,6 +492,8 @@ def generate(
     num_preference_test: int = 1000,
     num_prompts: int = 2000,
     num_eval_prompts: int = 256,
+    num_qa: int = 4000,
+    num_qa_test: int = 1000,
     risky_fraction: float = 0.5,
     length_bias: float = 0.2,
     label_noise: float = 0.05,
@@ -427,8 +501,9 @@ def generate(
 ) -> dict[str, Path]:
     """Write the toy world's datasets for ``seed`` into ``out_dir`` and return their paths by name.
 
-    Names: ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``world``. Each file has its own
-    random stream, so changing one size leaves the other files unchanged. The same arguments give identical bytes.
+    Names: ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``qa``, ``qa_test``,
+    ``world``. Each file has its own random stream, so changing one size leaves the other files unchanged (and adding
+    a file leaves the existing ones byte-identical). The same arguments give identical bytes.
     """
     for name, fraction in (
         ("risky_fraction", risky_fraction),
@@ -444,6 +519,8 @@ def generate(
         "num_preference_test": num_preference_test,
         "num_prompts": num_prompts,
         "num_eval_prompts": num_eval_prompts,
+        "num_qa": num_qa,
+        "num_qa_test": num_qa_test,
     }
     for name, size in sizes.items():
         if size < 0:
@@ -456,6 +533,8 @@ def generate(
         "preference_test": out / "preference_test.jsonl",
         "prompts": out / "prompts.jsonl",
         "eval_prompts": out / "eval_prompts.jsonl",
+        "qa": out / "qa.jsonl",
+        "qa_test": out / "qa_test.jsonl",
         "world": out / "world.json",
     }
     train_pool, heldout_pool = split_prompts(seed)
@@ -516,6 +595,12 @@ def generate(
         paths["eval_prompts"], _eval_prompts(heldout_pool, stream("eval_prompts"), num_eval_prompts, risky_fraction)
     )
 
+    # Labelled single responses for a moderation classifier: training prompts, then held-out prompts.
+    qa_stats = _qa_file(paths["qa"], num_qa, train_pool, stream("qa"), risky_fraction, PROMPT_SOURCE)
+    qa_test_stats = _qa_file(
+        paths["qa_test"], num_qa_test, heldout_pool, stream("qa_test"), risky_fraction, HELDOUT_PROMPT_SOURCE
+    )
+
     world = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
@@ -528,7 +613,13 @@ def generate(
         },
         "vocabulary_size": len(VOCABULARY),
         "files": {name: path.name for name, path in paths.items()},
-        "stats": {"sft": sft_stats, "preference": preference_stats, "preference_test": preference_test_stats},
+        "stats": {
+            "sft": sft_stats,
+            "preference": preference_stats,
+            "preference_test": preference_test_stats,
+            "qa": qa_stats,
+            "qa_test": qa_test_stats,
+        },
     }
     paths["world"].write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")
     return paths

@@ -402,6 +402,8 @@ def fake_toyworld(monkeypatch, tmp_path):
         "preference_test": FIXTURES / "pku_safe_rlhf_dir" / "data" / "Alpaca-7B" / "test.jsonl",
         "prompts": FIXTURES / "prompts.jsonl",
         "eval_prompts": tmp_path / "eval_prompts.jsonl",
+        "qa": FIXTURES / "pku_safe_rlhf_qa_legacy.jsonl",  # the card form the toy world writes
+        "qa_test": FIXTURES / "pku_safe_rlhf_qa_legacy.jsonl",
     }
     module = types.ModuleType("safe_rlhf.toyworld")
     module.calls = 0
@@ -424,6 +426,20 @@ def test_toyworld_reads_generated_files_with_the_real_readers(fake_toyworld):
     assert load_samples("toyworld:eval_prompts", "prompt").stats.kept == 2
     assert load_samples("toyworld:preference", "prompt").stats.kept == 4
     assert fake_toyworld.calls == 6
+
+
+def test_toyworld_qa_files_give_attribute_and_sft_samples(fake_toyworld):
+    for name in ("qa", "qa_test"):
+        labels = load_samples(f"toyworld:{name}", "attribute").samples
+        assert [sample.attributes["is_safe"] for sample in labels] == [0.0, 1.0]
+        assert labels[0].attributes["severity_level"] == 1.0 and labels[0].attributes["harm:Insulting Behavior"] == 1.0
+        assert load_samples(f"toyworld:{name}", "sft").samples[1].response.startswith("What do you call a dog")
+    assert fake_toyworld.calls == 4
+    with pytest.raises(
+        DataError, match=r"dataset 'toyworld:qa' cannot produce kind 'preference'; it supports: sft, attribute, prompt"
+    ):
+        load_samples("toyworld:qa", "preference")
+    assert fake_toyworld.calls == 4
 
 
 def test_toyworld_kind_and_name_errors_come_before_generation(fake_toyworld):

@@ -8,10 +8,12 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from safe_rlhf.data import load_samples
 from safe_rlhf.toyworld import (
     HARM_CATEGORIES,
     REQUESTS,
@@ -25,7 +27,14 @@ from safe_rlhf.toyworld import (
     helpfulness,
 )
 from safe_rlhf.toyworld.__main__ import main
-from safe_rlhf.toyworld.generate import FORMAT_VERSION, BasePolicy, sample_base_response, sample_pair
+from safe_rlhf.toyworld.generate import (
+    FORMAT_VERSION,
+    HELDOUT_PROMPT_SOURCE,
+    PROMPT_SOURCE,
+    BasePolicy,
+    sample_base_response,
+    sample_pair,
+)
 from safe_rlhf.toyworld.world import (
     FILLERS,
     HARM_WORDS,
@@ -64,10 +73,26 @@ PREFERENCE_KEYS = [
     "response_0_sha256",
     "response_1_sha256",
 ]
+QA_KEYS = ["prompt", "prompt_source", "response", "response_source", "is_safe", "severity_level", "harm_category"]
 BENIGN_PROMPT = "how do i fix my slow laptop"
 RISKY_PROMPT = "how to break into a bank server"
-SMALL = {"num_sft": 300, "num_preference": 300, "num_preference_test": 50, "num_prompts": 100, "num_eval_prompts": 40}
-ONLY_PREFERENCE = {"num_sft": 0, "num_preference_test": 0, "num_prompts": 0, "num_eval_prompts": 0}
+SMALL = {
+    "num_sft": 300,
+    "num_preference": 300,
+    "num_preference_test": 50,
+    "num_prompts": 100,
+    "num_eval_prompts": 40,
+    "num_qa": 200,
+    "num_qa_test": 50,
+}
+ONLY_PREFERENCE = {
+    "num_sft": 0,
+    "num_preference_test": 0,
+    "num_prompts": 0,
+    "num_eval_prompts": 0,
+    "num_qa": 0,
+    "num_qa_test": 0,
+}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -235,7 +260,7 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path: Path) -> None:
     first = generate(tmp_path / "a", seed=3, **SMALL)
     second = generate(tmp_path / "b", seed=3, **SMALL)
     other = generate(tmp_path / "c", seed=4, **SMALL)
-    assert set(first) == {"sft", "preference", "preference_test", "prompts", "eval_prompts", "world"}
+    assert set(first) == {"sft", "preference", "preference_test", "prompts", "eval_prompts", "qa", "qa_test", "world"}
     for name in first:
         assert first[name].read_bytes() == second[name].read_bytes(), name
         assert first[name].read_bytes() != other[name].read_bytes(), name
@@ -298,6 +323,69 @@ def test_all_severities_categories_and_pair_kinds_occur(default_world: dict[str,
     assert exploit_pairs / len(records) > 0.3  # many exploit negatives
     stats = json.loads(default_world["world"].read_text())["stats"]["preference"]
     print(f"\npreference stats: {json.dumps({k: v for k, v in stats.items() if not k.endswith('counts')})}")
+
+
+def test_qa_schema_is_the_pku_saferlhf_qa_card_form_labelled_by_the_judge(default_world: dict[str, Path]) -> None:
+    train, heldout = split_prompts(seed=0)
+    for name, pool, source in (("qa", train, PROMPT_SOURCE), ("qa_test", heldout, HELDOUT_PROMPT_SOURCE)):
+        records = read_jsonl(default_world[name])
+        allowed_prompts = {prompt for prompts in pool.values() for prompt in prompts}
+        for record in records:
+            assert list(record) == QA_KEYS
+            assert record["prompt"] in allowed_prompts and record["prompt_source"] == source
+            assert record["response"] and record["response_source"].startswith("toyworld/")
+            assert type(record["is_safe"]) is bool and type(record["severity_level"]) is int
+            assert list(record["harm_category"]) == list(HARM_CATEGORIES)
+            assert all(type(flag) is bool for flag in record["harm_category"].values())
+            verdict = harm(record["prompt"], record["response"])
+            assert (record["is_safe"], record["severity_level"], record["harm_category"]) == (
+                verdict.is_safe,
+                verdict.severity,
+                verdict.category_flags(),
+            )
+        # The real reader turns each line into the attributes a moderation classifier trains on.
+        samples = load_samples(f"pku-safe-rlhf-qa:{default_world[name]}", "attribute").samples
+        assert len(samples) == len(records)
+        for sample, record in zip(samples, records, strict=True):
+            assert (sample.prompt, sample.response) == (record["prompt"], record["response"])
+            assert sample.attributes == {
+                "is_safe": float(record["is_safe"]),
+                "severity_level": float(record["severity_level"]),
+                **{f"harm:{category}": float(flag) for category, flag in record["harm_category"].items()},
+            }
+
+
+def test_qa_files_hold_every_severity_and_every_kind_of_safe_response(default_world: dict[str, Path]) -> None:
+    stats = json.loads(default_world["world"].read_text())["stats"]
+    for name, size, per_severity in (("qa", 4000, 250), ("qa_test", 1000, 60)):
+        records = read_jsonl(default_world[name])
+        severities = Counter(record["severity_level"] for record in records)
+        kinds = Counter(record["response_source"].removeprefix("toyworld/") for record in records)
+        print(f"\n{name}: {len(records)} records, per severity {dict(sorted(severities.items()))}")
+        assert len(records) == size
+        assert all(severities[level] >= per_severity for level in (1, 2, 3)), severities
+        assert 0.15 <= 1 - severities[0] / size <= 0.35
+        # Safe responses of every kind a classifier must not flag: refusals, redirections, answers and junk.
+        safe_kinds = {kind for kind in kinds if kind.startswith(("refusal", "good", "mediocre", "spam", "echo"))}
+        assert {"refusal", "refusal_alternative", "good", "mediocre", "spam", "echo"} <= safe_kinds
+        assert any("+off_topic" in kind for kind in kinds) and any("+repeat" in kind for kind in kinds)
+        # Unsafe ones: compliances at every severity, and harm words slipped into benign answers.
+        assert {f"comply_sev{level}" for level in (1, 2, 3)} <= set(kinds)
+        assert any(kind.startswith("good+harm_sev") for kind in kinds)
+        assert stats[name]["records"] == size
+        assert stats[name]["response_severity_counts"] == {str(level): severities[level] for level in range(4)}
+        assert stats[name]["unsafe_rate"] == round(1 - severities[0] / size, 4)
+
+
+def test_qa_files_have_their_own_random_streams(tmp_path: Path) -> None:
+    without = generate(tmp_path / "without", seed=5, **{**SMALL, "num_qa": 0, "num_qa_test": 0})
+    with_qa = generate(tmp_path / "with", seed=5, **SMALL)
+    for name in ("sft", "preference", "preference_test", "prompts", "eval_prompts"):
+        assert without[name].read_bytes() == with_qa[name].read_bytes(), name
+    assert without["qa"].read_bytes() == b"" and len(read_jsonl(with_qa["qa"])) == SMALL["num_qa"]
+    more = generate(tmp_path / "more", seed=5, **{**SMALL, "num_qa": 2 * SMALL["num_qa"]})
+    assert more["qa_test"].read_bytes() == with_qa["qa_test"].read_bytes()
+    assert read_jsonl(more["qa"])[: SMALL["num_qa"]] == read_jsonl(with_qa["qa"])
 
 
 def _measured_label_rates(records: list[dict]) -> dict[str, float]:
@@ -451,17 +539,19 @@ def test_prompt_files_and_heldout_evaluation(default_world: dict[str, Path]) -> 
     assert len({record["prompt"] for record in evaluation}) == 256
     assert sum(record["risky"] for record in evaluation) == 128
     training_prompts = {
-        record["prompt"] for name in ("sft", "preference", "prompts") for record in read_jsonl(default_world[name])
+        record["prompt"]
+        for name in ("sft", "preference", "prompts", "qa")
+        for record in read_jsonl(default_world[name])
     }
     heldout_prompts = {record["prompt"] for record in evaluation} | {
-        record["prompt"] for record in read_jsonl(default_world["preference_test"])
+        record["prompt"] for name in ("preference_test", "qa_test") for record in read_jsonl(default_world[name])
     }
     assert not training_prompts & heldout_prompts
 
 
 def test_every_word_written_is_in_the_vocabulary(default_world: dict[str, Path]) -> None:
     vocabulary = set(VOCABULARY)
-    for name in ("sft", "preference", "prompts", "eval_prompts"):
+    for name in ("sft", "preference", "prompts", "eval_prompts", "qa", "qa_test"):
         for record in read_jsonl(default_world[name]):
             for key in ("prompt", "response", "response_0", "response_1"):
                 if key in record:
@@ -499,11 +589,16 @@ def test_ensure_generated_replaces_a_folder_of_an_older_format(tmp_path: Path) -
     old = generate(folder, seed=0, **SMALL)
     world = json.loads(old["world"].read_text())
     world["format_version"] = FORMAT_VERSION - 1
+    # What a format-2 folder looked like: no qa files.
+    for name in ("qa", "qa_test"):
+        old[name].unlink()
+        del world["files"][name]
     old["world"].write_text(json.dumps(world))
     (folder / "left-by-the-old-generator.txt").write_text("stale")
     paths = ensure_generated(cache_dir=folder, seed=0)
     assert json.loads(paths["world"].read_text())["format_version"] == FORMAT_VERSION
     assert len(read_jsonl(paths["preference"])) == 6000  # the default size, not the old folder's 300
+    assert len(read_jsonl(paths["qa"])) == 4000 and len(read_jsonl(paths["qa_test"])) == 1000
     assert not (folder / "left-by-the-old-generator.txt").exists()
     # The old folder was moved aside and deleted, and no staging folder is left behind.
     assert [path.name for path in tmp_path.iterdir() if ".old-" in path.name or ".tmp-" in path.name] == []
@@ -511,7 +606,16 @@ def test_ensure_generated_replaces_a_folder_of_an_older_format(tmp_path: Path) -
 
 def test_generates_ten_thousand_records_quickly(tmp_path: Path) -> None:
     started = time.perf_counter()
-    generate(tmp_path, num_sft=4000, num_preference=5000, num_preference_test=0, num_prompts=1000, num_eval_prompts=0)
+    generate(
+        tmp_path,
+        num_sft=4000,
+        num_preference=5000,
+        num_preference_test=0,
+        num_prompts=1000,
+        num_eval_prompts=0,
+        num_qa=0,
+        num_qa_test=0,
+    )
     print(f"\n10k records generated in {time.perf_counter() - started:.2f} s")
 
 
@@ -519,10 +623,12 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     main(["judge", "--prompt", RISKY_PROMPT, "--response", "sure scan then malware"])
     output = capsys.readouterr().out
     assert "helpfulness: 2" in output and "severity=3" in output and "Economic Crime" in output
-    main(["generate", "--out", str(tmp_path), "--num-sft", "20", "--num-preference", "20", "--num-prompts", "5"])
+    sizes = "--num-sft 20 --num-preference 20 --num-prompts 5 --num-qa 30 --num-qa-test 7".split()
+    main(["generate", "--out", str(tmp_path), *sizes])
     output = capsys.readouterr().out
     assert "sft.jsonl" in output and "(20 records)" in output
-    assert len(read_jsonl(tmp_path / "prompts.jsonl")) == 5
+    assert "qa.jsonl" in output and "(30 records)" in output and "qa_test: unsafe rate" in output
+    assert len(read_jsonl(tmp_path / "prompts.jsonl")) == 5 and len(read_jsonl(tmp_path / "qa_test.jsonl")) == 7
     main(["corpus", "--out", str(tmp_path / "corpus.txt"), "--num-bytes", "3000"])
     assert 0 < len((tmp_path / "corpus.txt").read_text()) <= 3000
 
@@ -532,3 +638,5 @@ def test_invalid_settings_are_rejected(tmp_path: Path) -> None:
         generate(tmp_path, label_noise=1.5)
     with pytest.raises(ValueError, match="num_sft"):
         generate(tmp_path, num_sft=-1)
+    with pytest.raises(ValueError, match="num_qa_test"):
+        generate(tmp_path, num_qa_test=-1)

@@ -1,14 +1,16 @@
 """``toyworld:NAME``: the synthetic datasets of :mod:`safe_rlhf.toyworld`, generated on first use.
 
-``NAME`` is one of ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``.
+``NAME`` is one of ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``qa``, ``qa_test``.
 ``safe_rlhf.toyworld.ensure_generated()`` (imported lazily) writes the files if needed and returns their paths;
 each is then read with the real reader for its schema:
 
 * ``sft`` -> ``sft`` reader (``{prompt, response}``): kinds sft, prompt.
 * ``preference`` / ``preference_test`` -> ``pku-safe-rlhf`` reader (the exact PKU-SafeRLHF schema): preference, prompt.
 * ``prompts`` / ``eval_prompts`` -> ``prompts`` reader (``{prompt, prompt_source, ...extra -> meta}``): prompt.
+* ``qa`` / ``qa_test`` -> ``pku-safe-rlhf-qa`` reader (``{prompt, response, is_safe, severity_level, harm_category}``,
+  the PKU-SafeRLHF-QA card form; moderation-classifier data): sft, attribute, prompt.
 
-The split is not consulted: the name picks the file (``preference_test`` is the held-out preference set).
+The split is not consulted: the name picks the file (``preference_test`` and ``qa_test`` are the held-out sets).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ TOYWORLD_FILES: dict[str, str] = {
     "preference_test": "pku-safe-rlhf",
     "prompts": "prompts",
     "eval_prompts": "prompts",
+    "qa": "pku-safe-rlhf-qa",
+    "qa_test": "pku-safe-rlhf-qa",
 }
 
 
@@ -63,7 +67,7 @@ def _open(reader: Reader, source: str, config: str | None, split: str, kind: str
 register_reader(
     Reader(
         "toyworld",
-        "synthetic toyworld data: toyworld:sft|preference|preference_test|prompts|eval_prompts",
+        "synthetic toyworld data: toyworld:sft|preference|preference_test|prompts|eval_prompts|qa|qa_test",
         {},
         opener=_open,
         source_kinds=_kinds,

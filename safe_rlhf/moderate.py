@@ -1,0 +1,69 @@
+"""Moderate (prompt, response) pairs with a trained moderation model, from the shell::
+
+    python -m safe_rlhf.moderate --model runs/moderation/model --input qa.jsonl --output verdicts.jsonl
+
+``--input`` holds one ``{"prompt": ..., "response": ...}`` object per line (other fields are copied through);
+each output line adds ``flagged``, ``flagged_probability``, ``severity`` (0-3), ``severity_probabilities``,
+``categories`` (name -> probability) and ``flagged_categories``. The same from Python:
+``safe_rlhf.moderation.Moderator.from_pretrained(DIR).moderate([(prompt, response), ...])``.
+
+Bad input (a missing file, a line that is not JSON or lacks a string ``prompt`` / ``response``, a directory that is
+not a moderation model) stops with one line naming it and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m safe_rlhf.moderate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="an exported moderation model directory")
+    parser.add_argument("--input", required=True, help="JSON lines with prompt and response")
+    parser.add_argument("--output", required=True, help="where the verdicts go (JSON lines)")
+    parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from safe_rlhf.config import ConfigError
+    from safe_rlhf.moderation import Moderator, read_records
+
+    try:
+        records = read_records(args.input)
+        moderator = Moderator.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    except (ValueError, OSError, ConfigError) as error:
+        print(f"moderate: {error}", file=sys.stderr)
+        return 2
+    progress_bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress_bar = tqdm(total=len(records), unit="pair", file=sys.stderr)
+    done = [0]
+
+    def progress(count: int) -> None:
+        if progress_bar is not None:
+            progress_bar.update(count - done[0])
+        done[0] = count
+
+    results = moderator.moderate([(r["prompt"], r["response"]) for r in records], progress=progress)
+    if progress_bar is not None:
+        progress_bar.close()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        for record, result in zip(records, results):
+            handle.write(json.dumps({**record, **result.to_dict()}) + "\n")
+    flagged = sum(result.flagged for result in results)
+    print(f"moderate: {len(results)} pairs, {flagged} flagged; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

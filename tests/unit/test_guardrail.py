@@ -1,0 +1,100 @@
+"""The guardrail's round logic, fallback and decision log, with a scripted judge and generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from safe_rlhf.guardrail import Guardrail
+
+
+@dataclass
+class Verdict:
+    flagged: bool
+    severity: int
+    flagged_probability: float
+
+
+def word_judge(pairs):  # "bad<k>" in a response = severity k; "risky" in a prompt with no response = flagged
+    verdicts = []
+    for prompt, response in pairs:
+        levels = [int(word[3:]) for word in response.split() if word.startswith("bad")]
+        if not response:
+            flagged = "risky" in prompt
+            verdicts.append(Verdict(flagged, 1 if flagged else 0, 0.9 if flagged else 0.1))
+        else:
+            verdicts.append(Verdict(bool(levels), max(levels, default=0), 0.9 if levels else 0.1))
+    return verdicts
+
+
+class ScriptedGenerator:
+    """Round r answers prompt i with script[i][r - 1]; records every call."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def __call__(self, indices, round_):
+        self.calls.append((list(indices), round_))
+        return [self.script[i][round_ - 1] for i in indices]
+
+
+def test_passing_answers_are_delivered_and_blocked_ones_regenerated_until_they_pass() -> None:
+    prompts = ["p0", "p1", "p2"]
+    first = ["fine", "bad2 x", "bad3"]
+    generator = ScriptedGenerator({1: ["bad1", "ok now"], 2: ["ok"]})
+    answers = Guardrail(word_judge, max_rounds=5).run(prompts, first, generator)
+    assert [a.response for a in answers] == ["fine", "ok now", "ok"]
+    assert [a.rounds for a in answers] == [0, 2, 1]
+    assert [a.fell_back for a in answers] == [False, False, False]
+    assert [a.blocked_first for a in answers] == [False, True, True]
+    # round 1 regenerates both blocked prompts, round 2 only prompt 1; nothing after everything passed
+    assert generator.calls == [([1, 2], 1), ([1], 2)]
+    assert [d["action"] for d in answers[1].decisions] == ["regenerate", "regenerate", "deliver"]
+    assert [d["round"] for d in answers[1].decisions] == [0, 1, 2]
+    assert answers[1].decisions[1]["response"] == "bad1" and answers[1].decisions[1]["severity"] == 1
+
+
+def test_fallback_after_every_round_fails() -> None:
+    generator = ScriptedGenerator({0: ["bad1", "bad2"]})
+    answers = Guardrail(word_judge, max_rounds=2, fallback="no").run(["p"], ["bad3"], generator)
+    assert answers[0].response == "no" and answers[0].fell_back and answers[0].rounds == 2
+    assert [d["action"] for d in answers[0].decisions] == ["regenerate", "regenerate", "fallback"]
+    assert generator.calls == [([0], 1), ([0], 2)]
+
+
+def test_zero_rounds_falls_back_at_once() -> None:
+    generator = ScriptedGenerator({})
+    answers = Guardrail(word_judge, max_rounds=0, fallback="no").run(["p", "q"], ["bad1", "ok"], generator)
+    assert [a.response for a in answers] == ["no", "ok"]
+    assert generator.calls == []
+
+
+def test_min_severity_lets_milder_harm_through() -> None:
+    generator = ScriptedGenerator({1: ["ok"]})
+    answers = Guardrail(word_judge, max_rounds=3, min_severity=2).run(["p", "q"], ["bad1", "bad2"], generator)
+    assert [a.response for a in answers] == ["bad1", "ok"]
+    assert generator.calls == [([1], 1)]
+
+
+def test_flagged_prompt_gets_the_fallback_without_generating() -> None:
+    generator = ScriptedGenerator({})
+    guard = Guardrail(word_judge, max_rounds=3, fallback="no", check_prompt=True, on_flagged_prompt="fallback")
+    answers = guard.run(["risky thing", "benign"], ["bad2", "fine"], generator)
+    assert [a.response for a in answers] == ["no", "fine"]
+    assert answers[0].fell_back and answers[0].decisions == [
+        {"round": -1, "response": "", "flagged": True, "severity": 1, "flagged_probability": 0.9,
+         "action": "prompt: fallback"}
+    ]  # fmt: skip
+    # with on_flagged_prompt=answer the prompt check is only logged
+    logged = Guardrail(word_judge, max_rounds=0, check_prompt=True).run(["risky thing"], ["fine"], generator)
+    assert logged[0].response == "fine" and logged[0].decisions[0]["action"] == "prompt: answer"
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="min_severity"):
+        Guardrail(word_judge, min_severity=0)
+    with pytest.raises(ValueError, match="2 prompts but 1 answers"):
+        Guardrail(word_judge).run(["a", "b"], ["x"], ScriptedGenerator({}))
+    with pytest.raises(ValueError, match="regenerate returned 0 responses for 1 prompts"):
+        Guardrail(word_judge).run(["a"], ["bad1"], lambda indices, round_: [])
