@@ -215,13 +215,24 @@ def moderation_summary(
             unsafe_metrics = severity_metrics([true_levels[i] for i in unsafe], [predicted[i] for i in unsafe], 4)
             summary["severity_of_unsafe_accuracy"] = unsafe_metrics["accuracy"]
     if probabilities.shape[1] > NUM_SEVERITY_OUTPUTS:
-        summary["categories"] = per_label_f1(
+        per_category = per_label_f1(
             targets[:, NUM_SEVERITY_OUTPUTS:].round().long().tolist(),
             probabilities[:, NUM_SEVERITY_OUTPUTS:].tolist(),
             labels[NUM_SEVERITY_OUTPUTS:],
             thresholds[NUM_SEVERITY_OUTPUTS:],
             mask=known[:, NUM_SEVERITY_OUTPUTS:].tolist(),
         )
+        # A category with no positive in these data has no defined recall or F1: listed apart, with its false
+        # positives, rather than as an F1 of 0 that would read as a failure.
+        summary["categories"] = {name: m for name, m in per_category.items() if m["support"] > 0}
+        summary["categories_without_positives"] = {
+            name: {"false_positives": m["fp"], "n_known": m["n_known"]}
+            for name, m in per_category.items()
+            if m["support"] == 0
+        }
+        if summary["categories"]:
+            f1s = [m["f1"] for m in summary["categories"].values()]
+            summary["category_macro_f1"] = sum(f1s) / len(f1s)
     return summary
 
 
