@@ -299,8 +299,8 @@ class ModerationConfig:
     # lists); empty = every category found in the training data.
     categories: list[str] = field(default_factory=list)
     # Class imbalance: "balanced" weights each output's positives by negatives / positives (clamped to
-    # max_pos_weight); "none" = plain BCE.
-    pos_weight: str = "balanced"
+    # max_pos_weight); "none" = plain BCE (measured on the toy world: docs/moderation.md).
+    pos_weight: str = "none"
     # Upper bound of a balanced positive weight.
     max_pos_weight: float = 10.0
     # How the flag threshold saved with the model is chosen on the eval data: "f1" (best F1), "precision" or
