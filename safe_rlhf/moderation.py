@@ -114,8 +114,10 @@ def load_labelled_responses(spec: str, on_error: str, seed: int) -> tuple[list[A
 
 
 def moderation_costs(logits: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:  # (B, K) -> (B, K)
-    """Logits shifted so that > 0 means "passes its threshold": ``logit_k - log(t_k / (1 - t_k))``."""
-    shift = torch.tensor([math.log(t / (1.0 - t)) for t in thresholds], dtype=logits.dtype, device=logits.device)
+    """Logits shifted so that > 0 means "passes its threshold": ``logit_k - log(t_k / (1 - t_k))`` (t clamped to
+    [1e-6, 1 - 1e-6], so a threshold of 0 or 1 gives a large finite shift, not an infinite one)."""
+    clamped = [min(max(float(t), 1e-6), 1.0 - 1e-6) for t in thresholds]
+    shift = torch.tensor([math.log(t / (1.0 - t)) for t in clamped], dtype=logits.dtype, device=logits.device)
     return logits - shift
 
 

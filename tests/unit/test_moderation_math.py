@@ -95,3 +95,15 @@ def test_flag_threshold_is_the_middle_of_the_interval_that_flags_the_same_valida
     assert choice["candidate"] == pytest.approx(0.05) and choice["threshold"] == pytest.approx(0.025)
     # one class only: nothing to choose from
     assert choose_flag_threshold(probabilities, targets * 0, known, "f1", 0.95)["threshold"] == 0.5
+
+
+def test_moderation_costs_are_positive_exactly_above_the_threshold() -> None:
+    from safe_rlhf.moderation import moderation_costs
+
+    logits = torch.tensor([[0.0, math.log(3.0), 50.0]])  # probabilities 0.5, 0.75, ~1
+    costs = moderation_costs(logits, [0.5, 0.8, 1.0])
+    # 0.5 at threshold 0.5: shift 0 -> cost 0 (not > 0: not passing); 0.75 < 0.8: log 3 - log 4 < 0
+    assert costs[0, 0].item() == pytest.approx(0.0)
+    assert costs[0, 1].item() == pytest.approx(math.log(3.0) - math.log(4.0), abs=1e-6)
+    # a threshold of 1 is clamped to 1 - 1e-6: a finite shift of log(1e6 - 1) ~ 13.8
+    assert math.isfinite(costs[0, 2].item()) and costs[0, 2].item() == pytest.approx(50.0 - math.log(1e6 - 1), abs=1e-3)
