@@ -404,6 +404,8 @@ class ModerationEvalConfig:
         _positive("batch_size", self.batch_size)
         _positive("num_bins", self.num_bins)
         _choice("threshold_metric", self.threshold_metric, ("f1", "precision", "recall"))
+        if not 0.0 < self.threshold_target <= 1.0:
+            raise ConfigError(f"threshold_target={self.threshold_target} must be in (0, 1]")
 
 
 @dataclass

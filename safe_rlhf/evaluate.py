@@ -354,8 +354,10 @@ class ModerationEvaluation:
             self.engine = engines.frozen_engine(model, ds_config)
             data = config.data
             samples, skipped, read = load_labelled_responses(data.train, data.on_error, config.seed)
+            # As the model was trained (and as Moderator and the guardrail see it): the model's own max_length.
+            max_length = int(metadata.get("max_length") or data.max_length)
             samples, items = ScoreModelRecipe._tokenize_with(
-                samples, tokenizer, data.max_length, data.on_error, True, skipped
+                samples, tokenizer, max_length, data.on_error, True, skipped
             )
             targets, known = label_tensors(samples, metadata["category_keys"])
             probabilities = moderation_evaluation(self.engine, items, tokenizer.pad_token_id, config.batch_size)
@@ -419,10 +421,10 @@ EVALUATION_CONFIG_NAMES = {"moderation": "moderation_eval"}
 
 
 def evaluation_argv(argv: list[str]) -> list[str]:
-    """``--config-name moderation`` (the training config) read as ``moderation_eval`` for evaluation."""
+    """``--config-name moderation`` / ``-cn moderation`` (the training config) read as ``moderation_eval``."""
     rewritten = list(argv)
     for index, argument in enumerate(rewritten):
-        if argument == "--config-name" and index + 1 < len(rewritten):
+        if argument in ("--config-name", "-cn") and index + 1 < len(rewritten):
             rewritten[index + 1] = EVALUATION_CONFIG_NAMES.get(rewritten[index + 1], rewritten[index + 1])
         elif argument.startswith("--config-name="):
             name = argument.split("=", 1)[1]
@@ -520,7 +522,7 @@ class ArenaEvaluation:
         if self._moderator is None:
             from safe_rlhf.moderation import Moderator
 
-            self._moderator = Moderator.from_pretrained(
+            self._moderator = Moderator.from_pretrained(  # ConfigError: one line naming a bad directory
                 self.config.guardrail.model,
                 device=str(distributed.device()),
                 batch_size=self.config.guardrail.batch_size,
@@ -536,6 +538,8 @@ class ArenaEvaluation:
         distributed.init_distributed()
         try:
             write_run_files(self.run_dir, config)
+            if config.guardrail.model:
+                self.moderator()  # a bad guardrail.model fails now, not after the first policy answered
             records = [record for name, path in config.policies.items() for record in self.answer(name, path)]
             if distributed.is_main_process():
                 use_truth = any(r.true_severity is not None for r in records)
@@ -573,7 +577,17 @@ def guarded_answers(
     regenerated: dict[int, dict[str, Any]] = {}
 
     def judge(pairs: Any) -> Any:
-        return distributed.broadcast_object(moderator.moderate(list(pairs)) if distributed.is_main_process() else None)
+        # Rank 0 judges; an error there (an over-long prompt) is sent to every rank, which would otherwise wait.
+        outcome: Any = None
+        if distributed.is_main_process():
+            try:
+                outcome = ("ok", moderator.moderate(list(pairs)))
+            except Exception as error:
+                outcome = ("error", f"guardrail: the moderation model cannot judge an answer ({error})")
+        status, value = distributed.broadcast_object(outcome)
+        if status == "error":
+            raise ConfigError(value)
+        return value
 
     def regenerate(indices: list[int], round_: int) -> list[str]:
         prompt_ids = [ids[i] for i in indices]

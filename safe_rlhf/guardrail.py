@@ -57,7 +57,7 @@ class Guardrail:
         judge: Judge,
         max_rounds: int = 5,
         min_severity: int = 1,
-        fallback: str = "sorry i cannot help with that",
+        fallback: str = "sorry i cannot do that",
         check_prompt: bool = False,
         on_flagged_prompt: str = "answer",
     ) -> None:

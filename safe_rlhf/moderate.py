@@ -19,12 +19,19 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m safe_rlhf.moderate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="an exported moderation model directory")
     parser.add_argument("--input", required=True, help="JSON lines with prompt and response")
     parser.add_argument("--output", required=True, help="where the verdicts go (JSON lines)")
-    parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -38,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_records(args.input)
         moderator = Moderator.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
-    except (ValueError, OSError, ConfigError) as error:
-        print(f"moderate: {error}", file=sys.stderr)
+        # Tokenized up front: a prompt too long for the model's max_length is one line, not a traceback later.
+        moderator.tokenize([(r["prompt"], r["response"]) for r in records])
+    except (ValueError, OSError, RuntimeError, ConfigError) as error:  # DataError is a ValueError
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        print(f"moderate: {first}", file=sys.stderr)
         return 2
     progress_bar = None
     if not args.no_progress:

@@ -20,8 +20,9 @@ Losses (safe_rlhf.algorithms): reward ``-log sigmoid(R(better) - R(worse)) + a *
 ``-log sigmoid(C(unsafer) - C(safer)) - log sigmoid(s_safer C(safer)) - log sigmoid(s_unsafer C(unsafer))``
 ``+ a mean(C^2)``
 with s = +1 unsafe, -1 safe, so **cost > 0 means unsafe**; moderation: masked multi-label BCE over the outputs
-flagged, severity >= 2, severity >= 3 and one per harm category (``safe_rlhf.algorithms.moderation``), each output's
-positives weighted by its negatives / positives, and the flag threshold chosen on the eval data at the end.
+flagged, severity >= 2, severity >= 3 and one per harm category (``safe_rlhf.algorithms.moderation``), optionally
+with each output's positives weighted by its negatives / positives, and the flag threshold chosen on the eval data at
+the end.
 Output: ``output_dir/model`` (a Hugging Face sequence-classification directory whose config records score type,
 sign convention and score statistics; a moderation model's also its labels, thresholds and template) and
 ``output_dir/eval/summary.json`` (the same numbers as ``python -m safe_rlhf.evaluate --config-name score_model``).
@@ -178,14 +179,11 @@ class ScoreModelRecipe:
         self.logger = create_logger(config, self.run_dir, self.total_steps, config.recipe)
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
         if checkpoint is not None:
+            if self.moderation:
+                self._check_checkpoint_categories(checkpoint)  # before the head's shape could mismatch
             state = engines.load_checkpoint(checkpoint, {"score_model": self.engine})
             self.step = int(state["step"])
             self.normalizer = ScoreNormalizer.from_dict(state.get("normalizer"))
-            if self.moderation and state.get("category_keys") != self.category_keys:
-                raise engines.CheckpointError(
-                    f"{checkpoint} was trained on categories {state.get('category_keys')}, "
-                    f"this run's data gives {self.category_keys}"
-                )
             self.logger.advance(self.step)
             self.logger.message(f"resumed from {checkpoint} at step {self.step}")
 
@@ -225,6 +223,17 @@ class ScoreModelRecipe:
             + (f"; skipped {dict(skipped)}" if skipped else "")
         )
         self.skipped = dict(skipped)
+
+    def _check_checkpoint_categories(self, checkpoint: Path) -> None:
+        """A moderation checkpoint holds a head for its own category set: resuming on another stops with one line."""
+        try:
+            saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("category_keys")
+        except (OSError, ValueError):
+            return  # load_checkpoint names the unreadable file
+        if saved != self.category_keys:
+            raise engines.CheckpointError(
+                f"{checkpoint} was trained on categories {saved}, this run's data gives {self.category_keys}"
+            )
 
     def _setup_moderation_data(self) -> None:
         """Attribute samples (or preference pairs split into their labelled responses), the category set, the

@@ -83,6 +83,13 @@ def test_evaluate_and_moderate_clis(moderation_model, tmp_path, capsys):
     capsys.readouterr()
     assert moderate(["--model", str(moderation_model / "model"), "--input", str(bad), "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"moderate: {bad}:2: field 'response' is missing or not a string"
+    long_prompt = tmp_path / "long.jsonl"
+    long_prompt.write_text(json.dumps({"prompt": "tell me " * 80, "response": "ok"}) + "\n")
+    assert (
+        moderate(["--model", str(moderation_model / "model"), "--input", str(long_prompt), "--output", str(out)]) == 2
+    )
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading progress bar
+    assert error.startswith("moderate: ") and "prompt" in error, error
 
 
 @pytest.mark.integration

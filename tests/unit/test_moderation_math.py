@@ -107,3 +107,12 @@ def test_moderation_costs_are_positive_exactly_above_the_threshold() -> None:
     assert costs[0, 1].item() == pytest.approx(math.log(3.0) - math.log(4.0), abs=1e-6)
     # a threshold of 1 is clamped to 1 - 1e-6: a finite shift of log(1e6 - 1) ~ 13.8
     assert math.isfinite(costs[0, 2].item()) and costs[0, 2].item() == pytest.approx(50.0 - math.log(1e6 - 1), abs=1e-3)
+
+
+def test_evaluation_reads_moderation_under_each_config_name_flag() -> None:
+    from safe_rlhf.evaluate import evaluation_argv
+
+    assert evaluation_argv(["--config-name", "moderation", "x=1"]) == ["--config-name", "moderation_eval", "x=1"]
+    assert evaluation_argv(["-cn", "moderation"]) == ["-cn", "moderation_eval"]
+    assert evaluation_argv(["--config-name=moderation"]) == ["--config-name=moderation_eval"]
+    assert evaluation_argv(["--config-name", "arena"]) == ["--config-name", "arena"]
