@@ -138,6 +138,7 @@ def test_arena_reports_each_policy_with_and_without_the_guardrail(moderation_mod
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # make test's budget; the moderation cost path's math is unit-tested (moderation_costs)
 def test_ppo_lag_with_a_moderation_model_as_cost_model_and_two_severity_constraints(moderation_model, tmp_path):
     from tests.integration.ppo_helpers import ppo_overrides
 
