@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-THRESHOLD = 0.1  # conf/ppo_lag.yaml: lagrange.thresholds=[0.1] on the unsafe rate
+THRESHOLD = 0.05  # conf/ppo_lag.yaml: lagrange.thresholds=[0.05] on the unsafe rate
 TOLERANCE = 0.03  # one eval set of 256 prompts: the rate's sampling noise is about +-0.02
 
 
