@@ -749,7 +749,13 @@ class PipelineConfig:
     # Stages log only to metrics.jsonl (their consoles go to output_dir/logs/STAGE.log either way).
     quiet: bool = True
     # The PPO-Lag constraint threshold drawn in the report's plots.
-    threshold: float = 0.1
+    threshold: float = 0.05
+    # Share of the training prompts every RL stage holds out (the same budget for all); PPO-Lag's checkpoint
+    # selection answers them. 0 = none (and no selection).
+    validation_fraction: float = 0.1
+    # PPO-Lag delivers the most rewarding checkpoint, every N iterations, that met its budget on those prompts
+    # (0 = the last iterate). Both are added before the rl / ppo_lag lists, which may set the keys themselves.
+    select_steps: int = 10
     # Fixed lambdas of the reward-shaping baselines (one run each: a small and a large one).
     shaping_lambdas: list[float] = field(default_factory=lambda: [0.1, 2.0])
     # Extra overrides per stage (hydra syntax).
@@ -771,6 +777,9 @@ class PipelineConfig:
                  "dpo_safer", "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
         for stage in self.stages:
             _choice("stages[]", stage, known)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction={self.validation_fraction} must be in [0, 1)")
+        _positive("select_steps", self.select_steps, allow_zero=True)
 
 
 @dataclass

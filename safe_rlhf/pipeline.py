@@ -110,9 +110,13 @@ class Pipeline:
                 ]
                 self._run(stage, "safe_rlhf.train", stage, overrides, target)
         rl_inputs = [f"actor.name_or_path={sft}", f"reward_model={reward}", f"cost_model={cost}", *common]
+        rl_inputs += _unless_set(f"data.validation_fraction={config.validation_fraction}", config.rl)
         for stage in ("ppo", "ppo_lag"):
             if stage in stages:
                 overrides = [f"output_dir={root / stage}", *rl_inputs, *config.rl, *getattr(config, stage)]
+                held_out = [o.split("=", 1)[1] for o in overrides if o.startswith("data.validation_fraction=")]
+                if stage == "ppo_lag" and config.select_steps and held_out and float(held_out[-1]) > 0:
+                    overrides[1:1] = _unless_set(f"train.select_steps={config.select_steps}", overrides)
                 self._run(stage, "safe_rlhf.train", stage, overrides, root / stage / "model")
         if "ppo_reward_shaping" in stages:
             for value in config.shaping_lambdas:
@@ -291,3 +295,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _unless_set(override: str, overrides: list[str]) -> list[str]:
+    """``[override]``, or ``[]`` when ``overrides`` already set its key (a user's list wins; hydra refuses a key
+    given twice)."""
+    key = override.split("=", 1)[0]
+    return [] if any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides) else [override]
