@@ -512,6 +512,8 @@ class ArenaEvaluation:
                 true_severity=r.get("true_severity"),
                 true_categories=tuple(r.get("true_categories", ())),
                 risky=r.get("risky"),
+                system=r.get("system"),
+                true_adherence=r.get("true_adherence"),
             )
             for policy, group in ((name, records), (f"{name}+guard", guarded))
             for r in group
@@ -625,7 +627,7 @@ def guarded_answers(
             record = dict(regenerated[prompt_id])
         else:
             record = dict(by_id[prompt_id])
-        for key in ("true_helpfulness", "true_severity", "true_categories"):
+        for key in ("true_helpfulness", "true_severity", "true_categories", "true_adherence"):
             record.pop(key, None)
         guarded.append(record)
         decisions += [{"prompt_id": prompt_id, **decision} for decision in outcome.decisions]
@@ -682,8 +684,9 @@ def write_arena_report(run_dir: Path, records: list[Any], summary: dict[str, Any
     if any("harm_rate_by_severity" in s for s in policies.values()):
         images.append(plot_harm_by_severity(policies, plots / "harm_by_severity.png"))
     images.append(plot_length_hist(records, plots / "length_hist.png"))
+    adherence = ["true_adherence"] if any("true_adherence" in s for s in policies.values()) else []
     keys = ["n", "mean_reward", "mean_cost", "harmful_rate", "mean_length", "no_eos_rate", "true_helpfulness",
-            "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1", "harm_rate_by_severity.2",
+            *adherence, "true_harm_rate", "true_harm_rate_risky", "harm_rate_by_severity.1", "harm_rate_by_severity.2",
             "harm_rate_by_severity.3"]  # fmt: skip
     sections = [
         ReportSection(title="Policies", table=summary_table(policies, keys), images=images),

@@ -38,6 +38,8 @@ class PolicyResponse:
     true_severity: int | None = None  # judge's harm severity 0-3 (0 = harmless), when known
     true_categories: tuple[str, ...] = ()  # judge's harm categories (empty when harmless or unknown)
     risky: bool | None = None  # whether the prompt asks for something harmful, when known
+    system: str | None = None  # the system message the prompt came with, if any
+    true_adherence: float | None = None  # share of the system message's stated preferences met, when known
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -67,6 +69,9 @@ def _summarize(records: Sequence[PolicyResponse]) -> dict[str, Any]:
     helpfulness = [r.true_helpfulness for r in records if r.true_helpfulness is not None]
     if helpfulness:
         summary["true_helpfulness"] = _mean(helpfulness)
+    adherence = [r.true_adherence for r in records if r.true_adherence is not None]
+    if adherence:
+        summary["true_adherence"] = _mean(adherence)
 
     judged = [r for r in records if r.true_severity is not None]
     if judged:
@@ -92,7 +97,8 @@ def policy_summary(records: Iterable[PolicyResponse]) -> dict[str, dict[str, Any
     have it): ``true_helpfulness`` (mean), ``true_harm_rate`` (share with severity > 0), ``harm_rate_by_severity``
     {"1": share with severity 1, "2": ..., "3": ...} (they add up to ``true_harm_rate``), ``harm_rate_by_category``
     {category: share of responses with that category}, and ``true_harm_rate_risky`` / ``true_harm_rate_benign``
-    restricted to prompts whose ``risky`` flag is known.
+    restricted to prompts whose ``risky`` flag is known; ``true_adherence`` (mean share of the stated preferences
+    met) where the prompts' system messages state preferences.
     """
     return {policy: _summarize(group) for policy, group in _by_policy(records).items()}
 
@@ -255,6 +261,7 @@ def _record_from_row(row: dict[str, Any]) -> PolicyResponse:
     if isinstance(categories, str):
         categories = [c for c in categories.split(_CATEGORY_SEPARATOR) if c]
     helpfulness, severity, risky = optional("true_helpfulness"), optional("true_severity"), optional("risky")
+    system, adherence = optional("system"), optional("true_adherence")
     eos = optional("ended_with_eos")
     return PolicyResponse(
         policy=str(row["policy"]),
@@ -269,6 +276,8 @@ def _record_from_row(row: dict[str, Any]) -> PolicyResponse:
         true_severity=None if severity is None else int(severity),
         true_categories=tuple(str(c) for c in categories),
         risky=None if risky is None else _parse_bool(risky),
+        system=None if system is None else str(system),
+        true_adherence=None if adherence is None else float(adherence),
     )
 
 

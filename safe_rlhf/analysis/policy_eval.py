@@ -3,7 +3,8 @@
 A training recipe produces records, one per prompt: ``prompt_id``, ``prompt``, ``response``, ``reward``, ``cost`` (the
 cost model's raw score: > 0 unsafe), ``length``, ``ended_with_eos`` and ``risky`` (from the data, may be None).
 :func:`judge_responses` adds ground truth where the prompts come from a world that has it (the toy world:
-``true_helpfulness``, ``true_severity``, ``true_categories``); :func:`summarize_responses` reduces them to the numbers
+``true_helpfulness``, ``true_severity``, ``true_categories``, and ``true_adherence`` where the record's ``system``
+message states preferences); :func:`summarize_responses` reduces them to the numbers
 in ``eval/summary.json``. The recipe never imports a world's judges itself.
 """
 
@@ -22,13 +23,20 @@ def judge_responses(records: list[dict[str, Any]], data_spec: str | None) -> lis
     """The records with the ground truth added (in place) when ``data_spec`` names a world with judges."""
     if not has_ground_truth(data_spec):
         return records
-    from safe_rlhf.toyworld import harm, helpfulness
+    from safe_rlhf.toyworld import harm
+    from safe_rlhf.toyworld.system import adherence, system_helpfulness
 
     for record in records:
+        # The harm judge ignores the system message (a claimed authority buys no harm); helpfulness is judged under
+        # the preferences it states (the plain judge when it states none), and adherence is the share it satisfies.
+        system = record.get("system")
         judged = harm(record["prompt"], record["response"])
-        record["true_helpfulness"] = helpfulness(record["prompt"], record["response"])
+        record["true_helpfulness"] = system_helpfulness(system, record["prompt"], record["response"])
         record["true_severity"] = judged.severity
         record["true_categories"] = list(judged.categories)
+        followed = adherence(system, record["response"])
+        if followed is not None:
+            record["true_adherence"] = followed
     return records
 
 
@@ -51,6 +59,9 @@ def summarize_responses(records: list[dict[str, Any]]) -> dict[str, Any]:
     if judged:
         risky = [r for r in judged if r.get("risky")]
         summary["true_helpfulness"] = mean([r["true_helpfulness"] for r in judged])
+        adhered = [r["true_adherence"] for r in judged if "true_adherence" in r]
+        if adhered:
+            summary["true_adherence"] = mean(adhered)
         summary["true_harm_rate"] = mean([float(r["true_severity"] > 0) for r in judged])
         summary["true_harm_rate_risky"] = mean([float(r["true_severity"] > 0) for r in risky])
         summary["harm_rate_by_severity"] = {

@@ -2,6 +2,10 @@
 
 Rendering: with ``tokenizer.chat_template`` set, the prompt is
 ``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)``.
+A system message is kept as its own turn when the template supports one. Some templates do not (Gemma's raises on a
+system role, others drop it silently); for those the system text is folded into the first user turn,
+``"{system}\n\n{user}"``, so what the user values is never lost (:func:`template_keeps_system` decides, once per
+template).
 Otherwise the default text template (system message optional, earlier turns kept, one space between parts)::
 
     BEGINNING OF CONVERSATION: SYSTEM: {system} USER: {user_1} ASSISTANT: {assistant_1} USER: {user_2} ASSISTANT:
@@ -32,6 +36,7 @@ from safe_rlhf.data.errors import PROMPT_TOO_LONG, DataError, TokenizerError
 from safe_rlhf.data.types import (
     AttributeSample,
     LoadResult,
+    Message,
     Messages,
     PreferenceSample,
     PromptSample,
@@ -75,6 +80,47 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+_SYSTEM_PROBE = "system probe 7f3a"
+_KEEPS_SYSTEM: dict[tuple[int, str], bool] = {}
+
+
+def template_keeps_system(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders a system turn (True for the default text template).
+
+    Probed once per tokenizer and template: a template that raises on a system role, or whose output lacks the
+    system text, does not keep it.
+    """
+    if not has_chat_template(tokenizer):
+        return True
+    key = (id(tokenizer), str(tokenizer.chat_template))
+    if key not in _KEEPS_SYSTEM:
+        probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hello"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+            _KEEPS_SYSTEM[key] = _SYSTEM_PROBE in str(text)
+        except Exception:
+            _KEEPS_SYSTEM[key] = False
+    return _KEEPS_SYSTEM[key]
+
+
+def fold_system(messages: Messages) -> Messages:
+    """The system message folded into the first user turn (``"{system}\n\n{user}"``); unchanged without one."""
+    if not messages or messages[0].role != "system":
+        return messages
+    system, rest = messages[0].content, list(messages[1:])
+    for index, message in enumerate(rest):
+        if message.role == "user":
+            rest[index] = Message("user", f"{system}\n\n{message.content}")
+            break
+    return tuple(rest)
+
+
+def _template_messages(messages: Messages, tokenizer: Any) -> list[dict[str, str]]:
+    if messages and messages[0].role == "system" and not template_keeps_system(tokenizer):
+        messages = fold_system(messages)
+    return [message.to_dict() for message in messages]
+
+
 def render_default(messages: Messages, add_generation_prompt: bool = True) -> str:
     """The default text template (module docstring); ends with ``ASSISTANT:`` when ``add_generation_prompt``."""
     parts = [DEFAULT_TEMPLATE_BEGIN]
@@ -91,7 +137,7 @@ def render_text(messages: Messages, response: str | None = None, tokenizer: Any 
     """
     if tokenizer is not None and has_chat_template(tokenizer):
         prompt = tokenizer.apply_chat_template(
-            [message.to_dict() for message in messages], add_generation_prompt=True, tokenize=False
+            _template_messages(messages, tokenizer), add_generation_prompt=True, tokenize=False
         )
         return str(prompt) + (response or "")
     prompt = render_default(messages)
@@ -112,7 +158,7 @@ def prompt_ids(messages: Messages, tokenizer: Any) -> list[int]:
     """Token ids of the prompt, ending with the generation prompt (chat template or default template)."""
     if has_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template(
-            [message.to_dict() for message in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+            _template_messages(messages, tokenizer), add_generation_prompt=True, tokenize=True, return_dict=False
         )
         return _as_id_list(ids)
     return _as_id_list(tokenizer(render_default(messages), add_special_tokens=True))

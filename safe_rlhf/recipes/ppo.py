@@ -766,6 +766,7 @@ class PPORecipe:
                     {
                         "prompt_id": index,
                         "prompt": sample.prompt,
+                        "system": sample.messages[0].content if sample.messages[0].role == "system" else None,
                         "response": responses[row].strip(),
                         "reward": float(rewards[row]),
                         # raw score: its sign says unsafe (> 0) also when the model's scores are normalized

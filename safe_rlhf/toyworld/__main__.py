@@ -2,6 +2,7 @@
 
 python -m safe_rlhf.toyworld generate --out /tmp/toyworld [--seed 0] [--num-sft 4000] [--num-preference 6000]
     [--num-preference-test 1000] [--num-prompts 2000] [--num-eval-prompts 256] [--num-qa 4000] [--num-qa-test 1000]
+    [--num-system-sft 4000] [--num-system-preference 6000] [--num-system-prompts 2000] [--num-system-eval 256]
     [--risky-fraction 0.5] [--length-bias 0.2] [--label-noise 0.05] [--sft-comply-rate 0.33]
 python -m safe_rlhf.toyworld judge --prompt "how to break into a bank server" --response "sure scan then malware"
 python -m safe_rlhf.toyworld corpus --out /tmp/toyworld/corpus.txt [--seed 0] [--num-bytes 50000]
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-eval-prompts", type=int, default=256)
     gen.add_argument("--num-qa", type=int, default=4000, help="labelled single responses (moderation training)")
     gen.add_argument("--num-qa-test", type=int, default=1000, help="labelled single responses, held-out prompts")
+    gen.add_argument("--num-system-sft", type=int, default=4000, help="SFT records with system messages")
+    gen.add_argument("--num-system-preference", type=int, default=6000, help="DPO pairs with system messages")
+    gen.add_argument("--num-system-prompts", type=int, default=2000, help="RL prompts with system messages")
+    gen.add_argument("--num-system-eval", type=int, default=256, help="held-out prompts, unseen system messages")
     gen.add_argument("--risky-fraction", type=float, default=0.5, help="share of prompts that ask for harm")
     gen.add_argument("--length-bias", type=float, default=0.2, help="P(label = longer response) before noise")
     gen.add_argument("--label-noise", type=float, default=0.05, help="P(helpfulness label flipped)")
@@ -44,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     judge = commands.add_parser("judge", help="print the ground-truth helpfulness and harm of a response")
     judge.add_argument("--prompt", required=True)
     judge.add_argument("--response", required=True)
+    judge.add_argument("--system", default=None, help="a system message: helpfulness under its stated preferences")
 
     corpus = commands.add_parser("corpus", help="write tokenizer-training text in the world's language")
     corpus.add_argument("--out", type=Path, required=True, help="output file")
@@ -66,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_eval_prompts=args.num_eval_prompts,
             num_qa=args.num_qa,
             num_qa_test=args.num_qa_test,
+            num_system_sft=args.num_system_sft,
+            num_system_preference=args.num_system_preference,
+            num_system_prompts=args.num_system_prompts,
+            num_system_eval=args.num_system_eval,
             risky_fraction=args.risky_fraction,
             length_bias=args.length_bias,
             label_noise=args.label_noise,
@@ -105,6 +115,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"request:     {described}")
         print(f"helpfulness: {helpfulness(args.prompt, args.response):g}")
+        if args.system is not None:
+            from safe_rlhf.toyworld.system import adherence, system_helpfulness
+
+            followed = adherence(args.system, args.response)
+            under = system_helpfulness(args.system, args.prompt, args.response)
+            shown = "n/a (no preference stated)" if followed is None else f"{followed:g}"
+            print(f"under the system message: helpfulness {under:g}, adherence {shown}")
         print(f"harm:        severity={verdict.severity} safe={verdict.is_safe} categories={list(verdict.categories)}")
     else:
         text = corpus_text(seed=args.seed, num_bytes=args.num_bytes)

@@ -86,6 +86,7 @@ from typing import Any
 from filelock import FileLock
 
 from safe_rlhf.toyworld.judges import Harm, harm, helpfulness
+from safe_rlhf.toyworld.system_data import SYSTEM_FILES, write_system_files
 from safe_rlhf.toyworld.world import (
     BENIGN_REQUESTS,
     HARM_WORDS,
@@ -108,10 +109,11 @@ from safe_rlhf.toyworld.world import (
     weak_compliance,
 )
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates.
 
-3: added ``qa.jsonl`` / ``qa_test.jsonl`` (the other files are byte-identical to format 2's)."""
+3: added ``qa.jsonl`` / ``qa_test.jsonl`` (the other files are byte-identical to format 2's).
+4: added the system-message files of ``system_data.py`` (the other files are byte-identical to format 3's)."""
 PROMPT_SOURCE = "toyworld"
 HELDOUT_PROMPT_SOURCE = "toyworld-heldout"
 
@@ -494,6 +496,10 @@ def generate(
     num_eval_prompts: int = 256,
     num_qa: int = 4000,
     num_qa_test: int = 1000,
+    num_system_sft: int = 4000,
+    num_system_preference: int = 6000,
+    num_system_prompts: int = 2000,
+    num_system_eval: int = 256,
     risky_fraction: float = 0.5,
     length_bias: float = 0.2,
     label_noise: float = 0.05,
@@ -521,6 +527,10 @@ def generate(
         "num_eval_prompts": num_eval_prompts,
         "num_qa": num_qa,
         "num_qa_test": num_qa_test,
+        "num_system_sft": num_system_sft,
+        "num_system_preference": num_system_preference,
+        "num_system_prompts": num_system_prompts,
+        "num_system_eval": num_system_eval,
     }
     for name, size in sizes.items():
         if size < 0:
@@ -535,6 +545,7 @@ def generate(
         "eval_prompts": out / "eval_prompts.jsonl",
         "qa": out / "qa.jsonl",
         "qa_test": out / "qa_test.jsonl",
+        **{name: out / f"{name}.jsonl" for name in SYSTEM_FILES},
         "world": out / "world.json",
     }
     train_pool, heldout_pool = split_prompts(seed)
@@ -591,14 +602,28 @@ def generate(
         ),
     )
 
-    _write_jsonl(
-        paths["eval_prompts"], _eval_prompts(heldout_pool, stream("eval_prompts"), num_eval_prompts, risky_fraction)
-    )
+    eval_prompt_records = _eval_prompts(heldout_pool, stream("eval_prompts"), num_eval_prompts, risky_fraction)
+    _write_jsonl(paths["eval_prompts"], eval_prompt_records)
 
     # Labelled single responses for a moderation classifier: training prompts, then held-out prompts.
     qa_stats = _qa_file(paths["qa"], num_qa, train_pool, stream("qa"), risky_fraction, PROMPT_SOURCE)
     qa_test_stats = _qa_file(
         paths["qa_test"], num_qa_test, heldout_pool, stream("qa_test"), risky_fraction, HELDOUT_PROMPT_SOURCE
+    )
+
+    # System messages (Janus / Multifaceted Collection): preferences to follow, authority claims to ignore.
+    system_stats = write_system_files(
+        paths,
+        train_pool,
+        stream,
+        eval_prompt_records,
+        num_sft=num_system_sft,
+        num_preference=num_system_preference,
+        num_prompts=num_system_prompts,
+        num_eval=num_system_eval,
+        heldout_pool=heldout_pool,
+        risky_fraction=risky_fraction,
+        label_noise=label_noise,
     )
 
     world = {
@@ -619,6 +644,7 @@ def generate(
             "preference_test": preference_test_stats,
             "qa": qa_stats,
             "qa_test": qa_test_stats,
+            **system_stats,
         },
     }
     paths["world"].write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")

@@ -125,6 +125,44 @@ def test_prompt_ids_with_chat_template(chat_tokenizer):
     )
 
 
+# Gemma-style: a system role is an error. And one that renders only user / assistant turns (drops the system turn).
+RAISING_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<s>{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant :{% endif %}"
+)
+DROPPING_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}<s>{{ m['role'] }} : {{ m['content'] }} {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<s>assistant :{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [RAISING_TEMPLATE, DROPPING_TEMPLATE], ids=["raises", "drops"])
+def test_a_template_without_a_system_turn_gets_the_system_text_in_the_first_user_turn(tokenizer, template):
+    from safe_rlhf.data.tokenize import template_keeps_system
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = template
+    assert not template_keeps_system(chat)
+    messages = (Message("system", "be brief"), Message("user", "hello"), Message("assistant", "hello world"),
+                Message("user", "how are you"))  # fmt: skip
+    assert render_text(messages, tokenizer=chat) == (
+        "<s>user : be brief\n\nhello <s>assistant : hello world <s>user : how are you <s>assistant :"
+    )
+    assert chat.convert_ids_to_tokens(prompt_ids(messages, chat))[:6] == ["<s>", "user", ":", "be", "brief", "hello"]
+    # Without a system message nothing changes.
+    assert render_text(conversation("hello"), tokenizer=chat) == "<s>user : hello <s>assistant :"
+
+
+def test_a_template_with_a_system_turn_keeps_it(chat_tokenizer):
+    from safe_rlhf.data.tokenize import template_keeps_system
+
+    assert template_keeps_system(chat_tokenizer)
+    assert render_text(conversation("hello", system="be brief"), tokenizer=chat_tokenizer).startswith(
+        "<s>system : be brief <s>user : hello"
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenization
 

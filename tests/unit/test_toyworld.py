@@ -84,6 +84,10 @@ SMALL = {
     "num_eval_prompts": 40,
     "num_qa": 200,
     "num_qa_test": 50,
+    "num_system_sft": 100,
+    "num_system_preference": 100,
+    "num_system_prompts": 50,
+    "num_system_eval": 20,
 }
 ONLY_PREFERENCE = {
     "num_sft": 0,
@@ -92,6 +96,10 @@ ONLY_PREFERENCE = {
     "num_eval_prompts": 0,
     "num_qa": 0,
     "num_qa_test": 0,
+    "num_system_sft": 0,
+    "num_system_preference": 0,
+    "num_system_prompts": 0,
+    "num_system_eval": 0,
 }
 
 
@@ -260,7 +268,9 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path: Path) -> None:
     first = generate(tmp_path / "a", seed=3, **SMALL)
     second = generate(tmp_path / "b", seed=3, **SMALL)
     other = generate(tmp_path / "c", seed=4, **SMALL)
-    assert set(first) == {"sft", "preference", "preference_test", "prompts", "eval_prompts", "qa", "qa_test", "world"}
+    assert set(first) == {"sft", "preference", "preference_test", "prompts", "eval_prompts", "qa", "qa_test", "world",
+                          "system_sft", "system_sft_generic", "system_preference", "system_prompts", "system_eval",
+                          "system_eval_authority"}  # fmt: skip
     for name in first:
         assert first[name].read_bytes() == second[name].read_bytes(), name
         assert first[name].read_bytes() != other[name].read_bytes(), name

@@ -1,6 +1,8 @@
 """``toyworld:NAME``: the synthetic datasets of :mod:`safe_rlhf.toyworld`, generated on first use.
 
-``NAME`` is one of ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``qa``, ``qa_test``.
+``NAME`` is one of ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``qa``, ``qa_test``,
+and the system-message files ``system_sft``, ``system_sft_generic``, ``system_preference``, ``system_prompts``,
+``system_eval``, ``system_eval_authority``.
 ``safe_rlhf.toyworld.ensure_generated()`` (imported lazily) writes the files if needed and returns their paths;
 each is then read with the real reader for its schema:
 
@@ -9,6 +11,9 @@ each is then read with the real reader for its schema:
 * ``prompts`` / ``eval_prompts`` -> ``prompts`` reader (``{prompt, prompt_source, ...extra -> meta}``): prompt.
 * ``qa`` / ``qa_test`` -> ``pku-safe-rlhf-qa`` reader (``{prompt, response, is_safe, severity_level, harm_category}``,
   the PKU-SafeRLHF-QA card form; moderation-classifier data): sft, attribute, prompt.
+* ``system_sft`` / ``system_sft_generic`` / ``system_preference`` -> ``multifaceted`` reader (the Multifaceted
+  Collection SFT and DPO forms, Janus): sft (and preference for the DPO form), prompt.
+* ``system_prompts`` / ``system_eval`` / ``system_eval_authority`` -> ``prompts`` reader with a ``system`` field.
 
 The split is not consulted: the name picks the file (``preference_test`` and ``qa_test`` are the held-out sets).
 """
@@ -30,6 +35,12 @@ TOYWORLD_FILES: dict[str, str] = {
     "eval_prompts": "prompts",
     "qa": "pku-safe-rlhf-qa",
     "qa_test": "pku-safe-rlhf-qa",
+    "system_sft": "multifaceted",
+    "system_sft_generic": "multifaceted",
+    "system_preference": "multifaceted",
+    "system_prompts": "prompts",
+    "system_eval": "prompts",
+    "system_eval_authority": "prompts",
 }
 
 
@@ -67,7 +78,7 @@ def _open(reader: Reader, source: str, config: str | None, split: str, kind: str
 register_reader(
     Reader(
         "toyworld",
-        "synthetic toyworld data: toyworld:sft|preference|preference_test|prompts|eval_prompts|qa|qa_test",
+        "synthetic toyworld data: toyworld:" + "|".join(TOYWORLD_FILES),
         {},
         opener=_open,
         source_kinds=_kinds,
