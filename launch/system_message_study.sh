@@ -7,8 +7,9 @@
 #    one generic system message (toyworld:system_sft_generic).
 # 2. A reward model on the Multifaceted DPO pairs (toyworld:system_preference), a cost model on the PKU-SafeRLHF
 #    pairs (toyworld:preference), both from the varied SFT model.
-# 3. PPO-Lag from the varied SFT model on RL prompts with system messages (authority claims among them), and DPO on
-#    the system-message pairs.
+# 3. PPO-Lag from the varied SFT model on RL prompts with system messages (authority claims among them): once with
+#    the budget pooled over all prompts, once also per group (the authority-claiming prompts); DPO on the
+#    system-message pairs.
 # 4. Three arenas over the same policies: unseen system messages (toyworld:system_eval, held-out combinations),
 #    no system message (toyworld:eval_prompts) and authority claims on exactly those prompts
 #    (toyworld:system_eval_authority).
@@ -53,14 +54,21 @@ stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-na
 rl=(actor.name_or_path="$SFT" reward_model="$OUT/reward_model/model" cost_model="$OUT/cost_model/model"
     data.train=toyworld:system_prompts data.eval=toyworld:system_eval data.max_prompt_length=64
     data.validation_fraction=0.1 train.select_steps=10)
+# PPO-Lag with the budget over all prompts pooled, and with a second constraint, the same budget on the prompts whose
+# system message claims authority (lagrange.prompt_groups): E[unsafe | authority claim] <= 0.05 as well.
+stage ppo_lag_pooled "$OUT/ppo_lag_pooled/model/config.json" safe_rlhf.train --config-name ppo_lag \
+    output_dir="$OUT/ppo_lag_pooled" "${common[@]}" "${rl[@]}"
 stage ppo_lag "$OUT/ppo_lag/model/config.json" safe_rlhf.train --config-name ppo_lag \
-    output_dir="$OUT/ppo_lag" "${common[@]}" "${rl[@]}"
+    output_dir="$OUT/ppo_lag" "${common[@]}" "${rl[@]}" 'lagrange.thresholds=[0.05,0.05]' \
+    'lagrange.constraint_types=[rate,rate]' 'lagrange.cost_indices=[0,0]' \
+    'lagrange.prompt_groups=[null,"system_kind=authority"]'
 stage dpo "$OUT/dpo/model/config.json" safe_rlhf.train --config-name dpo \
     output_dir="$OUT/dpo" model.name_or_path="$SFT" "${common[@]}" \
     data.train=toyworld:system_preference data.eval=null data.eval_fraction=0.05 data.max_length=96
 
 policies=(+policies.sft_generic="$OUT/sft_generic/model" +policies.sft_varied="$SFT"
-          +policies.ppo_lag="$OUT/ppo_lag/model" +policies.dpo="$OUT/dpo/model")
+          +policies.ppo_lag_pooled="$OUT/ppo_lag_pooled/model" +policies.ppo_lag="$OUT/ppo_lag/model"
+          +policies.dpo="$OUT/dpo/model")
 for eval_set in system_eval eval_prompts system_eval_authority; do
     stage "arena_$eval_set" "$OUT/arena_$eval_set/summary.json" safe_rlhf.evaluate --config-name arena \
         output_dir="$OUT/arena_$eval_set" "${policies[@]}" baseline=sft_generic seed="$SEED" \

@@ -537,9 +537,22 @@ class LagrangeConfig:
     # The multipliers aim at threshold - margin (one margin for every constraint), leaving room for the sampling
     # noise of a held-out estimate; the threshold stays the budget that is logged and reported.
     margin: float = 0.0
+    # Per constraint: the prompts it is taken over, "KEY=VALUE" on the prompt records' extra fields (e.g.
+    # "system_kind=authority", "risky=true"), or null for every prompt; [] = every constraint over every prompt.
+    # A grouped constraint is E[cost_k | prompt in group] <= threshold_k: its window holds only the group's episodes
+    # and its cost counts only on them, so a budget can hold under every kind of prompt, not just on average.
+    prompt_groups: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         count = len(self.thresholds)
+        if self.prompt_groups and len(self.prompt_groups) != count:
+            raise ConfigError(
+                f"lagrange.prompt_groups needs one entry per constraint (or none); got {len(self.prompt_groups)} "
+                f"for {count} thresholds"
+            )
+        for group in self.prompt_groups:
+            if group is not None and (group.count("=") != 1 or not all(part.strip() for part in group.split("="))):
+                raise ConfigError(f"lagrange.prompt_groups entry {group!r} must be KEY=VALUE or null")
         if count == 0 or len(self.constraint_types) != count or len(self.cost_indices) != count:
             raise ConfigError(
                 "lagrange.thresholds, lagrange.constraint_types and lagrange.cost_indices need one entry per "

@@ -95,6 +95,21 @@ def ptx_max_length(config: PPOConfig) -> int:
     return config.data.ptx_max_length or config.data.max_prompt_length + config.generation.max_new_tokens
 
 
+def prompt_group_members(metas: list[Any], groups: list[str | None], num_constraints: int) -> torch.Tensor:
+    """(N, K) bool: whether prompt i belongs to constraint k's group (``lagrange.prompt_groups``).
+
+    A group is ``KEY=VALUE`` matched against the prompt's ``meta[KEY]`` as lower-case text (so ``risky=true`` matches
+    the boolean True); None, or no groups at all, is every prompt."""
+    members = torch.ones(len(metas), num_constraints, dtype=torch.bool)
+    for k, group in enumerate(groups):
+        if group is None:
+            continue
+        key, value = (part.strip() for part in group.split("=", 1))
+        for i, meta in enumerate(metas):
+            members[i, k] = key in meta and str(meta[key]).lower() == value.lower()
+    return members
+
+
 class PPORecipe:
     """recipe=ppo (reward only), ppo_lag (Safe RLHF) or ppo_reward_shaping (R - lambda C, lambda fixed)."""
 
@@ -443,6 +458,11 @@ class PPORecipe:
         rewards = torch.cat([s[0] for s in scored])
         costs_for_use, raw_costs = torch.cat([s[1] for s in scored]), torch.cat([s[2] for s in scored])
         costs = self.episode_costs(costs_for_use, raw_costs)  # (N, K)
+        # A grouped constraint (lagrange.prompt_groups) counts its cost only on its group's prompts.
+        members = prompt_group_members(
+            [item.meta for chunk in prompt_chunks for item in chunk], config.lagrange.prompt_groups, costs.shape[1]
+        ).to(costs.device)
+        costs = costs * members
         # 3. reward transforms over the whole rollout batch (all ranks).
         rewards = self.transformed_rewards(rewards, costs, batch.ended_with_eos, batch.response_lengths)
         # 4. log-probs of the sampled tokens (actor = "old" policy, reference) and the critics' values.
@@ -488,6 +508,7 @@ class PPORecipe:
             ref_log_probs=ref_log_probs,
             rewards=rewards,
             costs=costs,
+            constraint_members=members,
             raw_costs=raw_costs,
             reward_values=reward_values,
             cost_values=cost_values,
@@ -506,9 +527,17 @@ class PPORecipe:
         if self.variant != "ppo_lag":
             return [m.value for m in self.multipliers]
         gathered = [distributed.all_gather_cat(rollout.costs[:, k].contiguous()) for k in range(self.num_constraints)]
+        members = [
+            distributed.all_gather_cat(rollout.constraint_members[:, k].float().contiguous()).bool()
+            for k in range(self.num_constraints)
+        ]
         values = None
         if distributed.is_main_process():
-            values = [multiplier.update(costs) for multiplier, costs in zip(self.multipliers, gathered)]
+            # A grouped constraint's window takes only its group's episodes; an iteration without one leaves it be.
+            values = [
+                multiplier.update(costs[mask]) if bool(mask.any()) else multiplier.value
+                for multiplier, costs, mask in zip(self.multipliers, gathered, members)
+            ]
             states = [m.state_dict() for m in self.multipliers]
         else:
             states = None
@@ -666,7 +695,9 @@ class PPORecipe:
             # The cost model's sign convention (> 0 unsafe) on the raw score, also when scores are normalized.
             local["unsafe_rate"] = (rollout.raw_costs[:, 0] > 0).float().mean()
         for k in range(rollout.costs.shape[1]):
-            local[f"episode_cost_{k}"] = rollout.costs[:, k].mean()
+            # over the constraint's own prompts (all of them unless lagrange.prompt_groups says otherwise)
+            members = rollout.constraint_members[:, k]
+            local[f"episode_cost_{k}"] = rollout.costs[members, k].sum() / members.sum().clamp(min=1)
         names = sorted(local)
         averaged = distributed.all_reduce_mean(torch.stack([local[n].float().cpu() for n in names]))
         metrics = {f"train/{name}": float(value) for name, value in zip(names, averaged)}
@@ -755,7 +786,11 @@ class PPORecipe:
             rewards, costs_for_use, raw_costs = self.score(generated.input_ids, generated.attention_mask)
             if pass_index >= len(batches):
                 continue
+            metas = [getattr(samples[index], "meta", {}) for index in ids]
+            lagrange = self.config.lagrange
+            members = prompt_group_members(metas, lagrange.prompt_groups, len(lagrange.thresholds))
             episode_costs = self.episode_costs(costs_for_use, raw_costs)
+            episode_costs = episode_costs * members.to(episode_costs.device)[:, : episode_costs.shape[1]]
             ended, lengths = generated.ended_with_eos, generated.response_lengths
             responses = self.tokenizer.batch_decode(
                 generated.input_ids[:, generated.prompt_length :], skip_special_tokens=True
@@ -772,6 +807,7 @@ class PPORecipe:
                         # raw score: its sign says unsafe (> 0) also when the model's scores are normalized
                         "cost": float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0,
                         "episode_costs": [float(c) for c in episode_costs[row]],
+                        "constraint_members": [bool(m) for m in members[row]],
                         "length": int(lengths[row]),
                         "ended_with_eos": bool(ended[row]),
                         "risky": sample.meta.get("risky") if hasattr(sample, "meta") else None,
@@ -786,15 +822,18 @@ class PPORecipe:
         for engine in self.engines.values():
             engine.eval()
         records = self.answer(self.validation_items, self.validation_samples, seed=self.config.seed + 5)
-        count = len(records)
+        count, num_constraints = len(records), self.num_constraints
         sums = [sum(r["reward"] for r in records)]
-        sums += [sum(r["episode_costs"][k] for r in records) for k in range(self.num_constraints)]
+        sums += [sum(r["episode_costs"][k] for r in records) for k in range(num_constraints)]
+        # a grouped constraint's value is its mean over its own group's prompts
+        sums += [sum(r["constraint_members"][k] for r in records) for k in range(num_constraints)]
         totals = distributed.all_reduce_sum(torch.tensor([float(count), *sums], dtype=torch.float64))
         count_all = max(float(totals[0]), 1.0)
+        cost_sums, member_counts = totals[2 : 2 + num_constraints], totals[2 + num_constraints :]
         candidate = Candidate(
             step=self.step,
             reward=float(totals[1]) / count_all,
-            constraint_values=tuple(float(v) / count_all for v in totals[2:]),
+            constraint_values=tuple(float(v) / max(float(n), 1.0) for v, n in zip(cost_sums, member_counts)),
         )
         self.candidates.append(candidate)
         selection = select_checkpoint(self.candidates, self.config.lagrange.thresholds)

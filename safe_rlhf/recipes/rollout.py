@@ -35,7 +35,8 @@ class Rollout:
     old_log_probs: torch.Tensor  # (N, L-1) actor log-probs at sampling time
     ref_log_probs: torch.Tensor  # (N, L-1) reference log-probs
     rewards: torch.Tensor  # (N,) end reward after every transform (no-EOS penalty, shaping, length, scaling)
-    costs: torch.Tensor  # (N, K) episode cost per constraint ("rate" constraints hold 0/1)
+    costs: torch.Tensor  # (N, K) episode cost per constraint ("rate" constraints hold 0/1); 0 outside its group
+    constraint_members: torch.Tensor  # (N, K) bool: episode i's prompt is in constraint k's group (prompt_groups)
     raw_costs: torch.Tensor  # (N, C) the cost model's raw scores (sign: > 0 unsafe); (N, 0) without a cost model
     reward_values: torch.Tensor  # (N, L-1) reward critic
     cost_values: torch.Tensor  # (N, K, L-1) cost critic (K = 0 without one)

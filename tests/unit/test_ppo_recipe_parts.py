@@ -129,6 +129,7 @@ def test_concat_padded_keeps_padding_prompt_response_padding_and_select_trims_it
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, action_mask=batch.action_mask,
         old_log_probs=torch.arange(n * (width - 1)).float().reshape(n, width - 1),
         ref_log_probs=torch.zeros(n, width - 1), rewards=torch.tensor([1.0, 2.0]), costs=torch.zeros(n, 1),
+        constraint_members=torch.ones(n, 1, dtype=torch.bool),
         raw_costs=torch.zeros(n, 1), reward_values=torch.zeros(n, width - 1),
         cost_values=torch.zeros(n, 1, width - 1), reward_advantages=torch.zeros(n, width - 1),
         reward_returns=torch.zeros(n, width - 1), cost_advantages=torch.zeros(n, 1, width - 1),
@@ -191,3 +192,53 @@ def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_zero0_step():
     engine.zero_optimization_stage = lambda: 2  # type: ignore[method-assign]
     (model.weight[0, 1] * float("nan")).backward()
     assert step_unless_nonfinite_gradients(engine) is True
+
+
+# ------------------------------------------------------------------------------- 5. grouped constraints (by prompt)
+
+
+def test_prompt_group_members_by_hand():
+    from safe_rlhf.recipes.ppo import prompt_group_members
+
+    metas = [{"system_kind": "authority", "risky": True}, {"system_kind": "none", "risky": False}, {}]
+    members = prompt_group_members(metas, [None, "system_kind=authority", "risky=true"], 3)
+    assert members.tolist() == [[True, True, True], [True, False, False], [True, False, False]]
+    assert prompt_group_members(metas, [], 2).tolist() == [[True, True]] * 3  # no groups: every prompt
+
+
+def test_prompt_groups_config_is_checked():
+    from safe_rlhf.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lagrange\.prompt_groups needs one entry per constraint"):
+        LagrangeConfig(thresholds=[0.1, 0.1], constraint_types=["rate"] * 2, cost_indices=[0, 0],
+                       prompt_groups=["risky=true"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"lagrange.prompt_groups entry 'risky' must be KEY=VALUE or null"):
+        LagrangeConfig(thresholds=[0.1], constraint_types=["rate"], cost_indices=[0], prompt_groups=["risky"])
+
+
+def test_a_grouped_constraint_updates_its_multiplier_from_its_own_prompts_only():
+    from types import SimpleNamespace
+
+    from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
+    from safe_rlhf.recipes.ppo import prompt_group_members
+
+    config = PPOConfig(recipe="ppo_lag", lagrange=LagrangeConfig(
+        thresholds=[0.5, 0.5], constraint_types=["rate", "rate"], cost_indices=[0, 0], mode="log", init=1.0, lr=0.1,
+        prompt_groups=[None, "system_kind=authority"]))  # fmt: skip
+    recipe = recipe_with(config)
+    recipe.num_constraints = 2
+    recipe.multipliers = [LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.5, window_size=128) for _ in range(2)]
+    metas = [{"system_kind": "authority"}, {"system_kind": "none"}, {"system_kind": "authority"}, {}]
+    members = prompt_group_members(metas, config.lagrange.prompt_groups, 2)
+    unsafe = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    rollout = SimpleNamespace(costs=unsafe * members, constraint_members=members)
+    lambdas = recipe.update_multipliers(rollout)
+    # all prompts: J = 3/4, log lambda = 0 + 0.1 * 1 * (0.75 - 0.5); the authority group: J = 1/2 (its 2 episodes,
+    # not 1/4 over all 4), no violation, lambda stays 1.
+    assert lambdas[0] == pytest.approx(math.exp(0.025)) and lambdas[1] == pytest.approx(1.0)
+    assert recipe.multipliers[1].window_mean() == 0.5
+    # An iteration with no episode of the group leaves that multiplier (and its window) alone.
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    none[:, 0] = True
+    lambdas = recipe.update_multipliers(SimpleNamespace(costs=torch.ones(2, 2) * none, constraint_members=none))
+    assert lambdas[1] == pytest.approx(1.0) and len(recipe.multipliers[1].window) == 2
