@@ -175,7 +175,39 @@ def test_launcher_has_usage_header_and_strict_mode(script, stubs, stub_log, tmp_
 
 
 def test_every_launcher_is_tested():
-    assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"}
+    studies = {"system_message_study.sh"}
+    assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
+
+
+# ---- system_message_study.sh (a study, not a launcher: its stages are python -m calls)
+
+
+def test_system_message_study_runs_its_stages_in_order_and_stops_on_a_failure(stubs, stub_log, tmp_path):
+    python = stubs / "python"
+    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
+    python.chmod(0o755)
+    env = script_env(stubs, stub_log, PYTHON=str(python))
+    result = run_script(LAUNCH_DIR / "system_message_study.sh", ["7", str(tmp_path / "study")], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    argvs = [call["argv"] for call in calls(stub_log)]
+    stages = [next(a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")) for argv in argvs]
+    root = tmp_path / "study" / "seed-7"
+    names = ["sft_varied", "sft_generic", "reward_model", "cost_model", "ppo_lag_pooled", "ppo_lag", "dpo",
+             "arena_system_eval", "arena_eval_prompts", "arena_system_eval_authority"]  # fmt: skip
+    assert stages == [str(root / name) for name in names]
+    assert all("seed=7" in argv for argv in argvs)
+    assert "data.train=toyworld:system_sft_generic" in argvs[1] and "data.train=toyworld:system_preference" in argvs[2]
+    grouped = argvs[5]
+    assert 'lagrange.prompt_groups=[null,"system_kind=authority"]' in grouped
+    assert not any(a.startswith("lagrange.prompt_groups") for a in argvs[4])  # the pooled run has one constraint
+    assert "data.eval=toyworld:system_eval_authority" in argvs[9]
+
+    # A failing stage stops the study with its log named, exit status 1.
+    stub_log.unlink()
+    env["STUB_STATUS"] = "3"
+    result = run_script(LAUNCH_DIR / "system_message_study.sh", ["8", str(tmp_path / "study")], env, tmp_path)
+    assert result.returncode == 1 and len(calls(stub_log)) == 1
+    assert "sft_varied failed; see" in result.stderr
 
 
 # ---- single_node.sh
