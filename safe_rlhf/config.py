@@ -268,14 +268,22 @@ class ScoreConfig:
     length_balance_bins: int = 0
     # Regression: the attribute names (HelpSteer: helpfulness, correctness, coherence, complexity, verbosity).
     attribute_names: list[str] = field(default_factory=list)
-    # Regression: weights that combine the attributes into one reward (empty = equal weights).
+    # Regression: weights that combine the attributes into one reward, recorded with the model and used by PPO (may
+    # be negative: HelpSteer's verbosity); empty = none recorded (PPO then needs reward_attribute_weights).
     attribute_weights: list[float] = field(default_factory=list)
+    # Regression: non-negative weights of the attributes' squared errors in the training loss (empty = equal).
+    attribute_loss_weights: list[float] = field(default_factory=list)
+    # Reward models: random-negative augmentation (Singhal et al.): this fraction of the training pairs is added
+    # again with the preferred response against the preferred response of another prompt (0 = off).
+    random_negative_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("score.objective", self.objective, ("preference", "regression", "moderation"))
         _choice("score.normalizer", self.normalizer, ("none", "running", "ema"))
         _positive("score.score_dim", self.score_dim)
         _positive("score.regularization", self.regularization, allow_zero=True)
+        if not 0.0 <= self.random_negative_fraction <= 1.0:
+            raise ConfigError(f"score.random_negative_fraction={self.random_negative_fraction} must be in [0, 1]")
         if len(self.severity_weights) != 4 or any(w < 0 for w in self.severity_weights):
             raise ConfigError(
                 f"score.severity_weights={self.severity_weights} must be 4 non-negative numbers (levels 0-3)"
@@ -289,6 +297,15 @@ class ScoreConfig:
                 )
             if self.attribute_weights and len(self.attribute_weights) != self.score_dim:
                 raise ConfigError(f"score.attribute_weights needs {self.score_dim} weights, one per attribute")
+            if self.attribute_loss_weights and (
+                len(self.attribute_loss_weights) != self.score_dim
+                or any(w < 0 for w in self.attribute_loss_weights)
+                or sum(self.attribute_loss_weights) <= 0
+            ):
+                raise ConfigError(
+                    f"score.attribute_loss_weights={self.attribute_loss_weights} must be {self.score_dim} "
+                    "non-negative numbers with a positive sum"
+                )
 
 
 @dataclass
@@ -492,11 +509,20 @@ class PPOSettings:
     length_penalty_coeff: float = 0.0
     # Reward scaling clip((r - mean) / std, -c, c) with the rollout batch's statistics; 0 = off.
     reward_scaling_clip: float = 0.0
+    # The length-only reward baseline (Singhal et al.): the reward model's score is replaced by 1 - |len / N - 1|
+    # with N this many tokens; 0 = off (the reward model). Evaluation still reports the reward model's score.
+    length_only_reward_target: int = 0
 
     def __post_init__(self) -> None:
         for key in ("clip_ratio", "value_clip", "reward_clip", "ppo_epochs"):
             _positive(f"ppo.{key}", getattr(self, key))
-        for key in ("kl_coeff", "ptx_coeff", "length_penalty_coeff", "reward_scaling_clip"):
+        for key in (
+            "kl_coeff",
+            "ptx_coeff",
+            "length_penalty_coeff",
+            "reward_scaling_clip",
+            "length_only_reward_target",
+        ):
             _positive(f"ppo.{key}", getattr(self, key), allow_zero=True)
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError("ppo.gamma and ppo.gae_lambda must be in [0, 1]")
@@ -621,6 +647,9 @@ class PPOConfig:
     reward_model: str = "runs/reward_model/model"
     # The cost model directory; the cost critic starts from it (not used by plain ppo).
     cost_model: str = "runs/cost_model/model"
+    # A multi-attribute reward model (HelpSteer): weights that combine its outputs into the reward; empty = the
+    # weights recorded with the model, else HELPSTEER_ATTRIBUTE_WEIGHTS when its attributes are HelpSteer's five.
+    reward_attribute_weights: list[float] = field(default_factory=list)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     ppo: PPOSettings = field(default_factory=PPOSettings)

@@ -664,7 +664,7 @@ def score_fixed_answers(recipe: Any, prompt_ids: list[int], text: str) -> dict[i
                  for p in chunk]  # fmt: skip
         batch = collate_prompts(items, tokenizer.pad_token_id)  # left-padded prompt + answer
         input_ids, attention_mask = batch["input_ids"].to(recipe.device), batch["attention_mask"].to(recipe.device)
-        rewards, _, raw_costs = recipe.score(input_ids, attention_mask)
+        rewards, _, raw_costs, _ = recipe.score(input_ids, attention_mask)
         for row, prompt_id in enumerate(chunk):
             cost = float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0
             scores[prompt_id] = {"reward": float(rewards[row]), "cost": cost, "length": len(answer),

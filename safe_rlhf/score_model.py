@@ -167,6 +167,40 @@ def set_score_metadata(model: Any, **values: Any) -> None:
     model.config.safe_rlhf = metadata
 
 
+HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+"""HelpSteer's and HelpSteer2's five 0-4 attributes, in the datasets' column order."""
+HELPSTEER_ATTRIBUTE_WEIGHTS = (0.65, 0.8, 0.45, 0.55, -0.4)
+"""The default combination of a HelpSteer-style reward model's outputs into one reward: the weights the HelpSteer2
+paper (Wang et al. 2024, arXiv:2406.08673) reports for its Nemotron-4-340B reward model on Reward Bench, as recalled
+here (not re-checked against the paper offline). Verbosity counts against: what a reward should not pay for."""
+
+
+def reward_attribute_weights(metadata: dict[str, Any], configured: list[float], where: str) -> list[float] | None:
+    """The weights that combine a multi-output reward model's scores into one reward; None for a one-output model.
+
+    In order: ``configured`` (the recipe's ``reward_attribute_weights``), the weights recorded with the model
+    (``score.attribute_weights`` at training), ``HELPSTEER_ATTRIBUTE_WEIGHTS`` when the model's attributes are
+    HelpSteer's five. Raises ConfigError (one line, naming the key) otherwise or on a count mismatch."""
+    from safe_rlhf.config import ConfigError
+
+    dim = int(metadata.get("score_dim", 1))
+    names = list(metadata.get("attribute_names") or [])
+    if dim == 1 and not configured:
+        return None
+    if configured:
+        if len(configured) != dim:
+            raise ConfigError(f"reward_attribute_weights has {len(configured)} weights but {where} has {dim} outputs")
+        return [float(w) for w in configured]
+    if metadata.get("attribute_weights"):
+        return [float(w) for w in metadata["attribute_weights"]]
+    if tuple(names) == HELPSTEER_ATTRIBUTES:
+        return list(HELPSTEER_ATTRIBUTE_WEIGHTS)
+    raise ConfigError(
+        f"{where} has {dim} outputs ({', '.join(names) or 'unnamed'}) and no attribute weights recorded: set "
+        f"reward_attribute_weights=[...] ({dim} numbers)"
+    )
+
+
 def load_score_model(
     path: str,
     *,

@@ -157,6 +157,20 @@ def length_penalized_scores(
     return scores + 2.0 * sigma * (1.0 - coeff * lengths.to(scores.dtype))
 
 
+def length_only_reward(
+    lengths: torch.Tensor,  # (B,), response lengths in tokens
+    target: float,
+) -> torch.Tensor:  # (B,)
+    """The length-only reward baseline of "A Long Way to Go" (Singhal et al.): ``1 - |len / target - 1|``.
+
+    It pays for length alone, up to ``target`` tokens (1 at exactly ``target``, 0 at an empty or a twice-too-long
+    response), so PPO on it measures how much of a reward model's gain length alone can buy.
+    """
+    if target <= 0:
+        raise ValueError(f"target must be positive, got {target}")
+    return 1.0 - (lengths.to(torch.float32) / target - 1.0).abs()
+
+
 def scaled_scores(
     scores: torch.Tensor,  # (B,)
     mean: float,

@@ -45,10 +45,12 @@ from safe_rlhf import distributed, engines
 from safe_rlhf.algorithms import (
     LagrangeMultiplier,
     clipped_value_loss,
+    combine_attributes,
     combined_advantages,
     explained_variance,
     gae,
     kl_penalized_rewards,
+    length_only_reward,
     length_penalized_scores,
     masked_entropy,
     masked_mean,
@@ -87,7 +89,14 @@ from safe_rlhf.recipes.rollout import (
     sample_responses,
     truncate_after_eos,
 )
-from safe_rlhf.score_model import end_scores, load_score_model, score_metadata, scores_for_use, token_scores
+from safe_rlhf.score_model import (
+    end_scores,
+    load_score_model,
+    reward_attribute_weights,
+    score_metadata,
+    scores_for_use,
+    token_scores,
+)
 
 
 def ptx_max_length(config: PPOConfig) -> int:
@@ -289,9 +298,11 @@ class PPORecipe:
         zero3_loading()
         reward_model = load_score_model(config.reward_model, dtype=dtype)
         engines.disable_dropout(reward_model)
-        self.reward_metadata = score_metadata(reward_model)
+        self._use_reward_model(reward_model)
         self.engines["reward_model"] = engines.frozen_engine(reward_model, frozen_ds)
-        reward_critic = load_score_model(config.reward_model, score_dim=1, dtype=dtype)
+        # One value head: a multi-attribute reward model gives the critic its backbone, not its K-output head.
+        multi_output = int(self.reward_metadata.get("score_dim", 1)) != 1
+        reward_critic = load_score_model(config.reward_model, score_dim=1, dtype=dtype, new_head=multi_output)
         engines.disable_dropout(reward_critic)
         self.engines["reward_critic"] = engines.trainable_engine(
             reward_critic, train_ds, config.critic_optim, optimizer_steps, settings
@@ -334,7 +345,21 @@ class PPORecipe:
                 engines.disable_dropout(model)
                 if name == "cost_model":
                     self.cost_metadata = score_metadata(model)
+                else:
+                    self._use_reward_model(model)
                 self.engines[name] = engines.frozen_engine(model, frozen_ds)
+
+    def _use_reward_model(self, model: Any) -> None:
+        """Record the reward model's metadata and, for a multi-attribute one, how its outputs make the reward."""
+        self.reward_metadata = score_metadata(model)
+        weights = reward_attribute_weights(
+            self.reward_metadata, list(self.config.reward_attribute_weights), f"reward_model={self.config.reward_model}"
+        )
+        self.reward_weights = None if weights is None else torch.tensor(weights, device=self.device)
+        dim = int(self.reward_metadata.get("score_dim", 1))
+        self.reward_attribute_names = list(self.reward_metadata.get("attribute_names") or [])[:dim] or [
+            f"attribute_{k}" for k in range(dim)
+        ]
 
     def trainable_engines(self) -> dict[str, Any]:
         return {name: self.engines[name] for name in ("actor", "reward_critic", "cost_critic") if name in self.engines}
@@ -374,24 +399,28 @@ class PPORecipe:
     @torch.no_grad()
     def score(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step 2 for one micro-batch: (reward (B,), cost scores for use (B, C), raw cost scores (B, C)).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 2 for one micro-batch: (reward (B,), cost scores for use (B, C), raw cost scores (B, C), the reward
+        model's scores (B, A): A attributes of a multi-attribute model, else A = 1 and the reward itself).
 
         "For use" scores are normalized when the model's metadata says so; raw cost scores keep the cost model's
         sign convention (> 0 unsafe), which is what a rate constraint and the unsafe rate must test, normalized or
         not. Without a cost model both cost tensors are (B, 0)."""
         reward_model = self.engines["reward_model"]
-        rewards = scores_for_use(reward_model.module, end_scores(reward_model, input_ids, attention_mask))[:, 0]
+        reward_scores = scores_for_use(reward_model.module, end_scores(reward_model, input_ids, attention_mask))
+        # A multi-attribute reward model: the configured weighted sum of its outputs (HelpSteer: verbosity < 0).
+        weights = getattr(self, "reward_weights", None)
+        rewards = reward_scores[:, 0] if weights is None else combine_attributes(reward_scores, weights)
         if "cost_model" not in self.engines:
             empty = torch.zeros(rewards.shape[0], 0, device=rewards.device)
-            return rewards, empty, empty
+            return rewards, empty, empty, reward_scores
         cost_model = self.engines["cost_model"]
         raw_costs = end_scores(cost_model, input_ids, attention_mask)
         if is_moderation_model(self.cost_metadata):
             # A moderation model as the cost model: output k's logit minus logit(threshold_k), > 0 = passes it.
             shifted = moderation_costs(raw_costs, self.cost_metadata["thresholds"])
-            return rewards, shifted, shifted
-        return rewards, scores_for_use(cost_model.module, raw_costs), raw_costs
+            return rewards, shifted, shifted, reward_scores
+        return rewards, scores_for_use(cost_model.module, raw_costs), raw_costs, reward_scores
 
     def episode_costs(self, costs: torch.Tensor, raw_costs: torch.Tensor) -> torch.Tensor:  # (N, C) x2 -> (N, K)
         """Per constraint: the cost score ("mean", normalized if configured) or whether the raw score is positive,
@@ -457,6 +486,9 @@ class PPORecipe:
         scored = per_micro_batch(self.score)
         rewards = torch.cat([s[0] for s in scored])
         costs_for_use, raw_costs = torch.cat([s[1] for s in scored]), torch.cat([s[2] for s in scored])
+        reward_scores = torch.cat([s[3] for s in scored])  # (N, A), before any transform
+        if config.ppo.length_only_reward_target:  # the length-only baseline replaces the reward model's score
+            rewards = length_only_reward(batch.response_lengths, config.ppo.length_only_reward_target)
         costs = self.episode_costs(costs_for_use, raw_costs)  # (N, K)
         # A grouped constraint (lagrange.prompt_groups) counts its cost only on its group's prompts.
         members = prompt_group_members(
@@ -510,6 +542,7 @@ class PPORecipe:
             costs=costs,
             constraint_members=members,
             raw_costs=raw_costs,
+            reward_scores=reward_scores,
             reward_values=reward_values,
             cost_values=cost_values,
             reward_advantages=reward_advantages,
@@ -694,6 +727,11 @@ class PPORecipe:
             local["cost"] = rollout.raw_costs[:, 0].mean()
             # The cost model's sign convention (> 0 unsafe) on the raw score, also when scores are normalized.
             local["unsafe_rate"] = (rollout.raw_costs[:, 0] > 0).float().mean()
+        if (
+            getattr(self, "reward_weights", None) is not None
+        ):  # each attribute of a multi-attribute reward model, before weighting
+            for k, name in enumerate(self.reward_attribute_names):
+                local[f"reward_{name}"] = rollout.reward_scores[:, k].mean()
         for k in range(rollout.costs.shape[1]):
             # over the constraint's own prompts (all of them unless lagrange.prompt_groups says otherwise)
             members = rollout.constraint_members[:, k]
@@ -783,7 +821,7 @@ class PPORecipe:
         for pass_index in range(-(-per_rank // size)):
             ids = batches[pass_index] if pass_index < len(batches) else [0]  # equal passes on every rank (ZeRO-3)
             generated = self.generate([items[i] for i in ids], seed=seed + 31 * pass_index + distributed.rank())
-            rewards, costs_for_use, raw_costs = self.score(generated.input_ids, generated.attention_mask)
+            rewards, costs_for_use, raw_costs, _ = self.score(generated.input_ids, generated.attention_mask)
             if pass_index >= len(batches):
                 continue
             metas = [getattr(samples[index], "meta", {}) for index in ids]

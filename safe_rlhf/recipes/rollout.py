@@ -38,6 +38,7 @@ class Rollout:
     costs: torch.Tensor  # (N, K) episode cost per constraint ("rate" constraints hold 0/1); 0 outside its group
     constraint_members: torch.Tensor  # (N, K) bool: episode i's prompt is in constraint k's group (prompt_groups)
     raw_costs: torch.Tensor  # (N, C) the cost model's raw scores (sign: > 0 unsafe); (N, 0) without a cost model
+    reward_scores: torch.Tensor  # (N, A) the reward model's outputs for use (A attributes; A = 1: the plain reward)
     reward_values: torch.Tensor  # (N, L-1) reward critic
     cost_values: torch.Tensor  # (N, K, L-1) cost critic (K = 0 without one)
     reward_advantages: torch.Tensor  # (N, L-1)

@@ -49,7 +49,7 @@ from safe_rlhf.algorithms import (
     reward_model_loss,
 )
 from safe_rlhf.algorithms.moderation import NUM_SEVERITY_OUTPUTS
-from safe_rlhf.config import ScoreModelConfig
+from safe_rlhf.config import ConfigError, ScoreModelConfig
 from safe_rlhf.logger import write_run_files
 from safe_rlhf.recipes.common import (
     REQUEUE_EXIT_CODE,
@@ -100,6 +100,32 @@ def length_balanced(items: list[Any], num_bins: int, seed: int) -> tuple[list[An
         keep.update(rng.sample(shorter, size))
     kept = [item for index, item in enumerate(items) if index in keep]
     return kept, len(items) - len(kept)
+
+
+def random_negatives(samples: list[Any], fraction: float, seed: int) -> list[Any]:
+    """Random-negative augmentation: ``round(fraction * N)`` new pairs, each a sampled pair's preferred response
+    (first, preferred) against the preferred response of a pair with another prompt. No safety labels."""
+    from safe_rlhf.data import PreferenceSample
+
+    count = round(fraction * len(samples))
+    if count == 0 or len({s.prompt for s in samples}) < 2:
+        return []
+    rng = random.Random(f"random-negatives:{seed}")
+    added = []
+    for index in rng.sample(range(len(samples)), count):
+        sample = samples[index]
+        other = samples[rng.randrange(len(samples))]
+        while other.prompt == sample.prompt:
+            other = samples[rng.randrange(len(samples))]
+        added.append(
+            PreferenceSample(
+                messages=sample.messages,
+                responses=(sample.better, other.better),
+                better_id=0,
+                origin=f"{sample.origin}+random_negative",
+            )
+        )
+    return added
 
 
 def update_normalizer(normalizer: ScoreNormalizer, scores: torch.Tensor, finite: bool) -> None:
@@ -208,6 +234,15 @@ class ScoreModelRecipe:
             )
         else:
             train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)
+        fraction = self.config.score.random_negative_fraction
+        if fraction and not self.regression:
+            if self.is_cost:
+                raise ConfigError(
+                    "score.random_negative_fraction is for reward models (its pairs have no safety labels)"
+                )
+            augmented = random_negatives(train_samples, fraction, self.config.seed)
+            train_samples = train_samples + augmented
+            distributed.print0(f"random negatives: {len(augmented)} pairs added")
         self.train_samples, self.train_items = self._tokenize(train_samples, skipped)
         self.eval_samples, self.eval_items = self._tokenize(eval_samples, Counter())
         if self.config.score.length_balance_bins and not self.regression:
@@ -348,9 +383,11 @@ class ScoreModelRecipe:
             [[float(self.train_samples[i].attributes[name]) for name in names] for i in ids], device=self.device
         )
         predicted = end_scores(self.engine, batch["input_ids"], batch["attention_mask"])  # (B, K)
+        # The loss weights, never the reward weights: a negative reward weight (verbosity) must not make the model
+        # maximise that attribute's error.
         weights = (
-            torch.tensor(self.config.score.attribute_weights, device=self.device)
-            if self.config.score.attribute_weights
+            torch.tensor(self.config.score.attribute_loss_weights, device=self.device)
+            if self.config.score.attribute_loss_weights
             else None
         )
         loss, stats = multi_attribute_regression_loss(predicted, targets, weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_score_model(directory: Path, score_type: str) -> Path:
+def build_score_model(directory: Path, score_type: str, score_dim: int = 1, **metadata: object) -> Path:
     """A score model on the tiny backbone with a fresh head, saved like the score-model recipes save theirs."""
     from transformers import AutoTokenizer
 
@@ -14,12 +14,13 @@ def build_score_model(directory: Path, score_type: str) -> Path:
 
     if (directory / "config.json").exists():
         return directory
-    model = load_score_model("tiny", score_dim=1, new_head=True)
+    model = load_score_model("tiny", score_dim=score_dim, new_head=True)
     set_score_metadata(
         model,
         score_type=score_type,
-        score_dim=1,
+        score_dim=score_dim,
         sign_convention=COST_SIGN_CONVENTION if score_type == "cost" else "higher is better",
+        **metadata,
     )
     model.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(resolve_model_path("tiny")).save_pretrained(directory)

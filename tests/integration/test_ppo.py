@@ -176,3 +176,34 @@ def test_two_constraints_and_ptx(tmp_path, ppo_inputs):
     assert selection["selected_step"] in [1 + i for i, v in enumerate(violations) if v == min(violations)]
     assert (run_dir / "model" / "config.json").exists() and (run_dir / "model_last" / "config.json").exists()
     assert 0.0 <= rows[-1]["train/episode_cost_1"] <= 1.0  # a rate
+
+
+@pytest.mark.integration
+def test_ppo_with_a_five_attribute_helpsteer_reward_model_logs_each_attribute(tmp_path, ppo_inputs):
+    """A HelpSteer-style reward model (5 outputs, no weights recorded): the critic gets a one-output head, the reward
+    is the default HelpSteer combination, and each attribute's mean is logged; with no transform in the way the
+    logged reward is exactly sum_k w_k * mean(attribute_k)."""
+    from safe_rlhf.score_model import HELPSTEER_ATTRIBUTE_WEIGHTS, HELPSTEER_ATTRIBUTES
+    from tests.integration.ppo_helpers import build_score_model
+
+    reward = build_score_model(tmp_path / "helpsteer_rm", "reward", score_dim=5,
+                               attribute_names=list(HELPSTEER_ATTRIBUTES), objective="regression")  # fmt: skip
+    run_dir = tmp_path / "ppo"
+    overrides = [*(o for o in ppo_inputs if not o.startswith("reward_model=")), f"reward_model={reward}",
+                 f"output_dir={run_dir}", "train.max_steps=2", "generation.no_eos_penalty=null"]  # fmt: skip
+    result = train_cli(overrides, config_name="ppo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [m for m in read_metrics(run_dir) if "train/reward" in m]
+    assert [m["step"] for m in rows] == [1, 2]
+    for row in rows:
+        attributes = [row[f"train/reward_{name}"] for name in HELPSTEER_ATTRIBUTES]
+        combined = sum(w * a for w, a in zip(HELPSTEER_ATTRIBUTE_WEIGHTS, attributes))
+        assert row["train/reward"] == pytest.approx(combined, rel=1e-4, abs=1e-5)
+
+    # Five outputs with unknown names and no weights: a one-line error naming the key, exit status 2.
+    unnamed = build_score_model(tmp_path / "unnamed_rm", "reward", score_dim=5)
+    overrides = [*(o for o in ppo_inputs if not o.startswith("reward_model=")), f"reward_model={unnamed}",
+                 f"output_dir={tmp_path / 'bad'}", "train.max_steps=1"]  # fmt: skip
+    result = train_cli(overrides, config_name="ppo")
+    assert result.returncode == 2
+    assert "no attribute weights recorded: set reward_attribute_weights=[...] (5 numbers)" in result.stderr

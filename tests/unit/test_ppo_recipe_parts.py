@@ -130,7 +130,7 @@ def test_concat_padded_keeps_padding_prompt_response_padding_and_select_trims_it
         old_log_probs=torch.arange(n * (width - 1)).float().reshape(n, width - 1),
         ref_log_probs=torch.zeros(n, width - 1), rewards=torch.tensor([1.0, 2.0]), costs=torch.zeros(n, 1),
         constraint_members=torch.ones(n, 1, dtype=torch.bool),
-        raw_costs=torch.zeros(n, 1), reward_values=torch.zeros(n, width - 1),
+        raw_costs=torch.zeros(n, 1), reward_scores=torch.zeros(n, 1), reward_values=torch.zeros(n, width - 1),
         cost_values=torch.zeros(n, 1, width - 1), reward_advantages=torch.zeros(n, width - 1),
         reward_returns=torch.zeros(n, width - 1), cost_advantages=torch.zeros(n, 1, width - 1),
         cost_returns=torch.zeros(n, 1, width - 1), ended_with_eos=batch.ended_with_eos,

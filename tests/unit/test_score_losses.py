@@ -119,3 +119,13 @@ def test_length_penalized_and_scaled_scores():
     assert_close(length_penalized_scores(scores, lengths, sigma=0.5), [2.0, 1.0, -1.5])
     # (r - 0.5) / 2 = 0.25, 0.25, -1.25 -> clip 0.3: 0.25, 0.25, -0.3
     assert_close(scaled_scores(scores, mean=0.5, std=2.0), [0.25, 0.25, -0.3])
+
+
+def test_length_only_reward_by_hand():
+    from safe_rlhf.algorithms import length_only_reward
+
+    # target 10: 1 - |L/10 - 1|: L=10 -> 1, L=5 -> 0.5, L=0 -> 0, L=15 -> 0.5, L=20 -> 0
+    torch.testing.assert_close(length_only_reward(torch.tensor([10, 5, 0, 15, 20]), 10),
+                               torch.tensor([1.0, 0.5, 0.0, 0.5, 0.0]))  # fmt: skip
+    with pytest.raises(ValueError, match="target must be positive"):
+        length_only_reward(torch.tensor([1]), 0)

@@ -316,3 +316,52 @@ def test_training_recipe_leaves_pair_scoring_and_judging_to_evaluation():
     source = inspect.getsource(recipe_module)
     assert "toyworld" not in source and "toy_world" not in source
     assert not hasattr(recipe_module, "score_pairs") and not hasattr(recipe_module, "gather_pairs")
+
+
+def test_reward_attribute_weights_precedence_by_hand():
+    from safe_rlhf.config import ConfigError
+    from safe_rlhf.score_model import HELPSTEER_ATTRIBUTE_WEIGHTS, HELPSTEER_ATTRIBUTES, reward_attribute_weights
+
+    assert reward_attribute_weights({"score_dim": 1}, [], "rm") is None  # a plain reward model
+    helpsteer = {"score_dim": 5, "attribute_names": list(HELPSTEER_ATTRIBUTES)}
+    assert reward_attribute_weights(helpsteer, [], "rm") == list(HELPSTEER_ATTRIBUTE_WEIGHTS)
+    recorded = {**helpsteer, "attribute_weights": [1, 0, 0, 0, 0]}
+    assert reward_attribute_weights(recorded, [], "rm") == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert reward_attribute_weights(recorded, [0, 0, 0, 0, 2], "rm") == [0.0, 0.0, 0.0, 0.0, 2.0]  # config first
+    with pytest.raises(ConfigError, match=r"reward_attribute_weights has 2 weights but rm has 5 outputs"):
+        reward_attribute_weights(helpsteer, [1, 1], "rm")
+    with pytest.raises(ConfigError, match=r"rm has 3 outputs \(a, b, c\) and no attribute weights recorded"):
+        reward_attribute_weights({"score_dim": 3, "attribute_names": ["a", "b", "c"]}, [], "rm")
+
+
+def test_regression_loss_weights_are_non_negative_and_separate_from_the_reward_weights():
+    from safe_rlhf.config import ConfigError, ScoreConfig
+
+    names = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+    config = ScoreConfig(objective="regression", score_dim=5, attribute_names=names,
+                         attribute_weights=[0.65, 0.8, 0.45, 0.55, -0.4])  # fmt: skip
+    assert config.attribute_loss_weights == []  # a negative reward weight is fine: it is not a loss weight
+    with pytest.raises(ConfigError, match=r"score\.attribute_loss_weights=.* must be 5 non-negative numbers"):
+        ScoreConfig(objective="regression", score_dim=5, attribute_names=names,
+                    attribute_loss_weights=[1, 1, 1, 1, -0.4])  # fmt: skip
+
+
+def test_random_negatives_pair_a_preferred_response_with_another_prompts():
+    from safe_rlhf.data import PreferenceSample, conversation
+    from safe_rlhf.recipes.score_model import random_negatives
+
+    samples = [
+        PreferenceSample(messages=conversation(f"q{i}"), responses=(f"bad{i}", f"good{i}"), better_id=1,
+                         origin=f"f:{i}")  # fmt: skip
+        for i in range(10)
+    ]
+    added = random_negatives(samples, 0.3, seed=0)
+    assert len(added) == 3
+    for pair in added:
+        index = int(pair.prompt[1:])
+        assert pair.better_id == 0 and pair.responses[0] == f"good{index}"  # its own preferred response first
+        other = pair.responses[1]
+        assert other.startswith("good") and other != f"good{index}"  # another prompt's preferred response
+        assert pair.safer_id is None and pair.origin == f"f:{index}+random_negative"
+    assert random_negatives(samples, 0.3, seed=0) == added  # deterministic for a seed
+    assert random_negatives(samples[:1], 1.0, seed=0) == []  # one prompt: nothing to pair with
