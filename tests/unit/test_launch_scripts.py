@@ -175,8 +175,33 @@ def test_launcher_has_usage_header_and_strict_mode(script, stubs, stub_log, tmp_
 
 
 def test_every_launcher_is_tested():
-    studies = {"system_message_study.sh"}
+    studies = {"system_message_study.sh", "length_study.sh"}
     assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
+
+
+# ---- the study scripts (not launchers: their stages are python -m calls, recorded by a stub python)
+
+
+def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_log, tmp_path):
+    python = stubs / "python"
+    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
+    python.chmod(0o755)
+    result = run_script(LAUNCH_DIR / "length_study.sh", ["4", str(tmp_path / "study")],
+                        script_env(stubs, stub_log, PYTHON=str(python)), tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    argvs = {next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]: c["argv"]
+             for c in calls(stub_log)}  # fmt: skip
+    assert list(argvs) == ["sft", "reward_model", "rm_balanced", "rm_random_negatives", "cost_model", "ppo",
+                           "ppo_kl0.5", "ppo_length_penalty", "ppo_reward_scaling", "ppo_length_only",
+                           "ppo_rm_balanced", "ppo_rm_random_negatives", "arena", "length_bias"]  # fmt: skip
+    assert "score.random_negative_fraction=0.5" in argvs["rm_random_negatives"]
+    assert "ppo.length_only_reward_target=12" in argvs["ppo_length_only"]
+    root = tmp_path / "study" / "seed-4"
+    assert f"reward_model={root / 'rm_balanced' / 'model'}" in argvs["ppo_rm_balanced"]
+    # every PPO run: the same config (budget), one setting apart
+    ppo_runs = [name for name in argvs if name.startswith("ppo")]
+    assert all("--config-name" in argvs[n] and argvs[n][argvs[n].index("--config-name") + 1] == "ppo" for n in ppo_runs)
+    assert f"+policies.ppo_kl0p5={root / 'ppo_kl0.5' / 'model'}" in argvs["arena"]
 
 
 # ---- system_message_study.sh (a study, not a launcher: its stages are python -m calls)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The length-bias interventions of "A Long Way to Go" (Singhal et al. 2023) on the toy world, for one seed:
+#
+#     launch/length_study.sh 1 runs/length-study       # then seeds 2 and 3; about 15 minutes each on 2 cores
+#
+# The toy world's ground-truth helpfulness has no length bias (neutral padding scores 0) while its preference labels
+# prefer the longer response 20% of the time, so any length a policy gains is bought from the reward model.
+# 1. SFT; the reward model three ways: plain, on length-balanced pairs (score.length_balance_bins=10), with random
+#    negatives (score.random_negative_fraction=0.5); a cost model (the arena scores cost too).
+# 2. Reward-only PPO, the same budget each: plain; higher KL (0.5 instead of 0.2); a length penalty
+#    (ppo.length_penalty_coeff=0.05); reward scaling (ppo.reward_scaling_clip=1); each reward-model variant; the
+#    length-only reward (ppo.length_only_reward_target=12 tokens).
+# 3. One arena over all of them on the held-out prompts (true helpfulness, lengths), judged by the plain reward model,
+#    and the length-bias diagnostics on it (the share of each policy's reward gain that length explains).
+# Stages whose model (or summary) exists are skipped, so a killed run continues where it stopped.
+set -euo pipefail
+
+SEED=${1:?usage: length_study.sh SEED [OUTPUT_DIR]}
+OUT=${2:-runs/length-study}/seed-$SEED
+PYTHON=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT/logs"
+
+stage() {  # stage NAME DONE_FILE MODULE ARGS...
+    local name=$1 done_file=$2 module=$3
+    shift 3
+    if [ -e "$done_file" ]; then
+        echo "$name: done before"
+        return
+    fi
+    echo "$name: $PYTHON -m $module $*"
+    local start=$SECONDS
+    "$PYTHON" -m "$module" "$@" >"$OUT/logs/$name.log" 2>&1 || {
+        echo "$name failed; see $OUT/logs/$name.log" >&2
+        tail -5 "$OUT/logs/$name.log" >&2
+        exit 1
+    }
+    echo "$name: $((SECONDS - start)) s"
+}
+
+common=(seed="$SEED" logger=none)
+stage sft "$OUT/sft/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/sft" "${common[@]}"
+SFT=$OUT/sft/model
+declare -A rm_settings=([reward_model]="" [rm_balanced]="score.length_balance_bins=10"
+                        [rm_random_negatives]="score.random_negative_fraction=0.5")
+for rm in reward_model rm_balanced rm_random_negatives; do
+    # shellcheck disable=SC2086  # the setting is one word or none
+    stage "$rm" "$OUT/$rm/model/config.json" safe_rlhf.train --config-name reward_model output_dir="$OUT/$rm" \
+        model.name_or_path="$SFT" "${common[@]}" ${rm_settings[$rm]}
+done
+stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
+    output_dir="$OUT/cost_model" model.name_or_path="$SFT" "${common[@]}"
+
+declare -A ppo_settings=([ppo]="" [ppo_kl0.5]="ppo.kl_coeff=0.5" [ppo_length_penalty]="ppo.length_penalty_coeff=0.05"
+                         [ppo_reward_scaling]="ppo.reward_scaling_clip=1.0"
+                         [ppo_length_only]="ppo.length_only_reward_target=12")
+policies=("+policies.sft=$SFT")
+for run in ppo ppo_kl0.5 ppo_length_penalty ppo_reward_scaling ppo_length_only ppo_rm_balanced ppo_rm_random_negatives; do
+    reward=$OUT/reward_model/model
+    case $run in
+        ppo_rm_*) reward=$OUT/${run#ppo_}/model ;;
+    esac
+    # shellcheck disable=SC2086
+    stage "$run" "$OUT/$run/model/config.json" safe_rlhf.train --config-name ppo output_dir="$OUT/$run" \
+        "${common[@]}" actor.name_or_path="$SFT" reward_model="$reward" cost_model="$OUT/cost_model/model" \
+        ${ppo_settings[$run]:-}
+    policies+=("+policies.${run//./p}=$OUT/$run/model")  # no dots in a policy name (hydra keys)
+done
+stage arena "$OUT/arena/summary.json" safe_rlhf.evaluate --config-name arena output_dir="$OUT/arena" \
+    "${policies[@]}" baseline=sft seed="$SEED" reward_model="$OUT/reward_model/model" \
+    cost_model="$OUT/cost_model/model"
+stage length_bias "$OUT/length_bias/summary.json" safe_rlhf.evaluate --config-name length_bias \
+    output_dir="$OUT/length_bias" reward_model="$OUT/reward_model/model" arena_dir="$OUT/arena" seed="$SEED"
+echo "summaries: $OUT/arena/summary.json $OUT/length_bias/summary.json"
