@@ -65,6 +65,9 @@ class DataConfig:
     max_length: int = 128
     # What to do with a malformed record: "raise" stops with one line naming file, row and field; "skip" counts it.
     on_error: str = "raise"
+    # SFT only, SteerLM: read attribute-labelled data (HelpSteer, toyworld:steer_sft) and write these attributes'
+    # values into each prompt (safe_rlhf/steer.py); empty = off.
+    steer_attributes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _choice("data.on_error", self.on_error, ("raise", "skip"))
@@ -445,10 +448,15 @@ class PromptDataConfig:
     ptx_max_length: int | None = None
     # "raise" stops at the first malformed record; "skip" counts it.
     on_error: str = "raise"
+    # SteerLM: attribute values (0-4) written into every prompt, e.g. {helpfulness: 4, verbosity: 0}; {} = off.
+    steer_request: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         _positive("data.max_prompt_length", self.max_prompt_length)
+        for name, value in self.steer_request.items():
+            if not 0 <= int(value) <= 4:
+                raise ConfigError(f"data.steer_request.{name}={value} must be an integer 0-4")
         if self.ptx_max_length is not None:
             _positive("data.ptx_max_length", self.ptx_max_length)
         if not 0.0 <= self.validation_fraction < 1.0:

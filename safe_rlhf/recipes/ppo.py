@@ -204,6 +204,7 @@ class PPORecipe:
 
     def _setup_data(self) -> None:
         from safe_rlhf.data import DataError, load_samples, tokenize_prompt
+        from safe_rlhf.steer import steered
 
         data = self.config.data
 
@@ -211,6 +212,8 @@ class PPORecipe:
             result = load_samples(spec, kind="prompt", on_error=data.on_error, seed=self.config.seed)
             samples, items, skipped = [], [], 0
             for sample in result.samples:
+                if data.steer_request:  # SteerLM: the requested attribute values in every prompt
+                    sample = steered(sample, data.steer_request, list(data.steer_request))
                 try:
                     items.append(tokenize_prompt(sample, self.tokenizer, data.max_prompt_length))
                     samples.append(sample)

@@ -118,13 +118,20 @@ class SFTRecipe:
 
     def _setup_data(self) -> None:
         from safe_rlhf.data import load_samples
+        from safe_rlhf.steer import steer_sft_samples
 
         data = self.config.data
-        train = load_samples(data.train, kind="sft", on_error=data.on_error, seed=self.config.seed)
-        train_samples = list(train.samples)
+        # SteerLM: attribute-labelled samples, each prompt conditioned on its own labels.
+        kind = "attribute" if data.steer_attributes else "sft"
+
+        def conditioned(samples: list[Any]) -> list[Any]:
+            return steer_sft_samples(samples, data.steer_attributes) if data.steer_attributes else samples
+
+        train = load_samples(data.train, kind=kind, on_error=data.on_error, seed=self.config.seed)
+        train_samples = conditioned(list(train.samples))
         if data.eval:
-            eval_samples = list(
-                load_samples(data.eval, kind="sft", on_error=data.on_error, seed=self.config.seed).samples
+            eval_samples = conditioned(
+                list(load_samples(data.eval, kind=kind, on_error=data.on_error, seed=self.config.seed).samples)
             )
         else:
             train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)

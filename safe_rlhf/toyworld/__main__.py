@@ -3,6 +3,7 @@
 python -m safe_rlhf.toyworld generate --out /tmp/toyworld [--seed 0] [--num-sft 4000] [--num-preference 6000]
     [--num-preference-test 1000] [--num-prompts 2000] [--num-eval-prompts 256] [--num-qa 4000] [--num-qa-test 1000]
     [--num-system-sft 4000] [--num-system-preference 6000] [--num-system-prompts 2000] [--num-system-eval 256]
+    [--num-steer-sft 4000] [--num-steer-test 500]
     [--risky-fraction 0.5] [--length-bias 0.2] [--label-noise 0.05] [--sft-comply-rate 0.33]
 python -m safe_rlhf.toyworld judge --prompt "how to break into a bank server" --response "sure scan then malware"
 python -m safe_rlhf.toyworld corpus --out /tmp/toyworld/corpus.txt [--seed 0] [--num-bytes 50000]
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-system-preference", type=int, default=6000, help="DPO pairs with system messages")
     gen.add_argument("--num-system-prompts", type=int, default=2000, help="RL prompts with system messages")
     gen.add_argument("--num-system-eval", type=int, default=256, help="held-out prompts, unseen system messages")
+    gen.add_argument("--num-steer-sft", type=int, default=4000, help="HelpSteer-style attribute-labelled responses")
+    gen.add_argument("--num-steer-test", type=int, default=500, help="the same, held-out prompts")
     gen.add_argument("--risky-fraction", type=float, default=0.5, help="share of prompts that ask for harm")
     gen.add_argument("--length-bias", type=float, default=0.2, help="P(label = longer response) before noise")
     gen.add_argument("--label-noise", type=float, default=0.05, help="P(helpfulness label flipped)")
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_system_preference=args.num_system_preference,
             num_system_prompts=args.num_system_prompts,
             num_system_eval=args.num_system_eval,
+            num_steer_sft=args.num_steer_sft,
+            num_steer_test=args.num_steer_test,
             risky_fraction=args.risky_fraction,
             length_bias=args.length_bias,
             label_noise=args.label_noise,

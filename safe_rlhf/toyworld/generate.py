@@ -86,6 +86,7 @@ from typing import Any
 from filelock import FileLock
 
 from safe_rlhf.toyworld.judges import Harm, harm, helpfulness
+from safe_rlhf.toyworld.steer_data import STEER_FILES, write_steer_files
 from safe_rlhf.toyworld.system_data import SYSTEM_FILES, write_system_files
 from safe_rlhf.toyworld.world import (
     BENIGN_REQUESTS,
@@ -109,11 +110,12 @@ from safe_rlhf.toyworld.world import (
     weak_compliance,
 )
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates.
 
 3: added ``qa.jsonl`` / ``qa_test.jsonl`` (the other files are byte-identical to format 2's).
-4: added the system-message files of ``system_data.py`` (the other files are byte-identical to format 3's)."""
+4: added the system-message files of ``system_data.py`` (the other files are byte-identical to format 3's).
+5: added the HelpSteer-style ``steer_sft`` / ``steer_test`` of ``steer_data.py`` (the others byte-identical)."""
 PROMPT_SOURCE = "toyworld"
 HELDOUT_PROMPT_SOURCE = "toyworld-heldout"
 
@@ -500,6 +502,8 @@ def generate(
     num_system_preference: int = 6000,
     num_system_prompts: int = 2000,
     num_system_eval: int = 256,
+    num_steer_sft: int = 4000,
+    num_steer_test: int = 500,
     risky_fraction: float = 0.5,
     length_bias: float = 0.2,
     label_noise: float = 0.05,
@@ -531,6 +535,8 @@ def generate(
         "num_system_preference": num_system_preference,
         "num_system_prompts": num_system_prompts,
         "num_system_eval": num_system_eval,
+        "num_steer_sft": num_steer_sft,
+        "num_steer_test": num_steer_test,
     }
     for name, size in sizes.items():
         if size < 0:
@@ -546,6 +552,7 @@ def generate(
         "qa": out / "qa.jsonl",
         "qa_test": out / "qa_test.jsonl",
         **{name: out / f"{name}.jsonl" for name in SYSTEM_FILES},
+        **{name: out / f"{name}.jsonl" for name in STEER_FILES},
         "world": out / "world.json",
     }
     train_pool, heldout_pool = split_prompts(seed)
@@ -626,6 +633,15 @@ def generate(
         label_noise=label_noise,
     )
 
+    # HelpSteer-style attributes from the ground truth (SteerLM).
+    steer_stats = write_steer_files(
+        paths,
+        {"steer_sft": train_pool, "steer_test": heldout_pool},
+        stream,
+        {"steer_sft": num_steer_sft, "steer_test": num_steer_test},
+        risky_fraction,
+    )
+
     world = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
@@ -645,6 +661,7 @@ def generate(
             "qa": qa_stats,
             "qa_test": qa_test_stats,
             **system_stats,
+            **steer_stats,
         },
     }
     paths["world"].write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")

@@ -351,8 +351,9 @@ def test_random_negatives_pair_a_preferred_response_with_another_prompts():
     from safe_rlhf.recipes.score_model import random_negatives
 
     samples = [
-        PreferenceSample(messages=conversation(f"q{i}"), responses=(f"bad{i}", f"good{i}"), better_id=1,
-                         origin=f"f:{i}")  # fmt: skip
+        PreferenceSample(
+            messages=conversation(f"q{i}"), responses=(f"bad{i}", f"good{i}"), better_id=1, origin=f"f:{i}"
+        )
         for i in range(10)
     ]
     added = random_negatives(samples, 0.3, seed=0)

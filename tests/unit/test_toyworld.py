@@ -88,6 +88,8 @@ SMALL = {
     "num_system_preference": 100,
     "num_system_prompts": 50,
     "num_system_eval": 20,
+    "num_steer_sft": 100,
+    "num_steer_test": 20,
 }
 ONLY_PREFERENCE = {
     "num_sft": 0,
@@ -100,6 +102,8 @@ ONLY_PREFERENCE = {
     "num_system_preference": 0,
     "num_system_prompts": 0,
     "num_system_eval": 0,
+    "num_steer_sft": 0,
+    "num_steer_test": 0,
 }
 
 
@@ -270,7 +274,7 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path: Path) -> None:
     other = generate(tmp_path / "c", seed=4, **SMALL)
     assert set(first) == {"sft", "preference", "preference_test", "prompts", "eval_prompts", "qa", "qa_test", "world",
                           "system_sft", "system_sft_generic", "system_preference", "system_prompts", "system_eval",
-                          "system_eval_authority"}  # fmt: skip
+                          "system_eval_authority", "steer_sft", "steer_test"}  # fmt: skip
     for name in first:
         assert first[name].read_bytes() == second[name].read_bytes(), name
         assert first[name].read_bytes() != other[name].read_bytes(), name

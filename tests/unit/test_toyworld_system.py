@@ -34,7 +34,7 @@ TAXES = "how can i cheat on my taxes"
 SIZES = {
     "num_sft": 50, "num_preference": 50, "num_preference_test": 10, "num_prompts": 20, "num_eval_prompts": 40,
     "num_qa": 10, "num_qa_test": 10, "num_system_sft": 600, "num_system_preference": 600, "num_system_prompts": 300,
-    "num_system_eval": 64,
+    "num_system_eval": 64, "num_steer_sft": 10, "num_steer_test": 10,
 }  # fmt: skip
 
 

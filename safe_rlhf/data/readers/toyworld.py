@@ -2,7 +2,7 @@
 
 ``NAME`` is one of ``sft``, ``preference``, ``preference_test``, ``prompts``, ``eval_prompts``, ``qa``, ``qa_test``,
 and the system-message files ``system_sft``, ``system_sft_generic``, ``system_preference``, ``system_prompts``,
-``system_eval``, ``system_eval_authority``.
+``system_eval``, ``system_eval_authority``, and the HelpSteer-style ``steer_sft``, ``steer_test``.
 ``safe_rlhf.toyworld.ensure_generated()`` (imported lazily) writes the files if needed and returns their paths;
 each is then read with the real reader for its schema:
 
@@ -14,6 +14,8 @@ each is then read with the real reader for its schema:
 * ``system_sft`` / ``system_sft_generic`` / ``system_preference`` -> ``multifaceted`` reader (the Multifaceted
   Collection SFT and DPO forms, Janus): sft (and preference for the DPO form), prompt.
 * ``system_prompts`` / ``system_eval`` / ``system_eval_authority`` -> ``prompts`` reader with a ``system`` field.
+* ``steer_sft`` / ``steer_test`` -> ``helpsteer`` reader (the exact HelpSteer schema; attributes from the ground
+  truth, ``steer_data.py``): attribute, sft, prompt.
 
 The split is not consulted: the name picks the file (``preference_test`` and ``qa_test`` are the held-out sets).
 """
@@ -41,6 +43,8 @@ TOYWORLD_FILES: dict[str, str] = {
     "system_prompts": "prompts",
     "system_eval": "prompts",
     "system_eval_authority": "prompts",
+    "steer_sft": "helpsteer",
+    "steer_test": "helpsteer",
 }
 
 

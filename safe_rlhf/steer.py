@@ -1,0 +1,176 @@
+"""SteerLM (Dong et al. 2023): attribute-conditioned SFT, labelling data with an attribute model, steered generation.
+
+The attributes go into the prompt as a system turn (after the conversation's own system message, if any)::
+
+    attributes: helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:0
+
+(SteerLM's own ``name:value`` comma-separated string; here in the system turn so that any chat template renders it,
+or the fallback folds it into the first user turn). Values are integers 0-4, as in HelpSteer.
+
+Train on attribute-labelled data, the labels written into each prompt (``data.steer_attributes``)::
+
+    python -m safe_rlhf.train --config-name sft data.train=toyworld:steer_sft \\
+        'data.steer_attributes=[helpfulness,correctness,coherence,complexity,verbosity]'
+
+Label data that has none with a multi-attribute (regression) reward model, into the HelpSteer schema::
+
+    python -m safe_rlhf.steer label --model runs/attribute_model/model --data toyworld:sft --out labelled.jsonl
+
+Generate with requested values, from the CLI or, for any RL recipe and the arena, from config
+(``+data.steer_request={helpfulness:4,verbosity:0}``)::
+
+    python -m safe_rlhf.steer generate --model runs/steerlm/model --prompt "how do i fix my slow laptop" \\
+        --attributes helpfulness=4,correctness=4,coherence=4,complexity=4,verbosity=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safe_rlhf.data.types import Message, Messages
+
+STEER_PREFIX = "attributes:"
+MIN_VALUE, MAX_VALUE = 0, 4
+
+
+def steer_text(attributes: Mapping[str, float], names: Sequence[str]) -> str:
+    """``attributes: name:value,...`` for ``names`` in order (values rounded to integers)."""
+    missing = [name for name in names if name not in attributes]
+    if missing:
+        raise KeyError(f"no value for attribute(s) {', '.join(missing)}")
+    return STEER_PREFIX + " " + ",".join(f"{name}:{round(float(attributes[name]))}" for name in names)
+
+
+def steered_messages(messages: Messages, attributes: Mapping[str, float], names: Sequence[str]) -> Messages:
+    """``messages`` with the attribute string as the system turn (appended on a new line to an existing one)."""
+    text = steer_text(attributes, names)
+    if messages and messages[0].role == "system":
+        return (Message("system", f"{messages[0].content}\n{text}"), *messages[1:])
+    return (Message("system", text), *messages)
+
+
+def steered(sample: Any, attributes: Mapping[str, float], names: Sequence[str]) -> Any:
+    """Any sample (SFT, prompt, attribute) with its prompt conditioned on ``attributes``."""
+    return dataclasses.replace(sample, messages=steered_messages(sample.messages, attributes, names))
+
+
+def steer_sft_samples(samples: Sequence[Any], names: Sequence[str]) -> list[Any]:
+    """Attribute samples -> SFT samples whose prompt carries their own labels (SteerLM's training data)."""
+    from safe_rlhf.data import SFTSample
+
+    return [
+        SFTSample(messages=steered_messages(s.messages, s.attributes, names), response=s.response, origin=s.origin)
+        for s in samples
+    ]
+
+
+def parse_request(text: str) -> dict[str, int]:
+    """``"helpfulness=4,verbosity=0"`` -> ``{"helpfulness": 4, "verbosity": 0}`` (ValueError naming the bad part)."""
+    request: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"attribute request {part!r} is not NAME=INTEGER")
+        number = int(value)
+        if not MIN_VALUE <= number <= MAX_VALUE:
+            raise ValueError(f"attribute {name.strip()}={number} is outside {MIN_VALUE}-{MAX_VALUE}")
+        request[name.strip()] = number
+    return request
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _label(args: argparse.Namespace) -> None:
+    import torch
+
+    from safe_rlhf.config import ModelConfig
+    from safe_rlhf.data import TokenizedDataset, load_samples
+    from safe_rlhf.engines import load_tokenizer
+    from safe_rlhf.score_model import end_scores, load_score_model, score_metadata
+
+    model = load_score_model(args.model)
+    metadata = score_metadata(model)
+    names = list(metadata.get("attribute_names") or [])
+    if metadata.get("objective") != "regression" or len(names) != int(metadata.get("score_dim", 1)):
+        raise ValueError(f"{args.model} is not a multi-attribute regression model (no attribute_names recorded)")
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    samples = load_samples(args.data, kind="sft").samples
+    dataset = TokenizedDataset(samples, tokenizer, args.max_length)
+    model.eval()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as file, torch.no_grad():
+        for start in range(0, len(dataset), args.batch_size):
+            items = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
+            batch = dataset.collate(items)
+            scores = end_scores(model, batch["input_ids"], batch["attention_mask"])  # (B, A)
+            for offset, row in enumerate(scores.tolist()):
+                sample = samples[start + offset]
+                labels = {n: max(MIN_VALUE, min(MAX_VALUE, round(v))) for n, v in zip(names, row)}
+                file.write(json.dumps({"prompt": sample.prompt, "response": sample.response, **labels}) + "\n")
+    print(f"labelled {len(dataset)} responses with {', '.join(names)} -> {out}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safe_rlhf.config import ModelConfig
+    from safe_rlhf.data import conversation, prompt_ids
+    from safe_rlhf.engines import load_tokenizer
+
+    request = parse_request(args.attributes)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model.eval()
+    messages = steered_messages(conversation(args.prompt, system=args.system), request, list(request))
+    ids = torch.tensor([prompt_ids(messages, tokenizer)])
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        output = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature if args.temperature > 0 else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    print(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m safe_rlhf.steer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    label = commands.add_parser("label", help="label responses with a multi-attribute regression model (HelpSteer)")
+    label.add_argument("--model", required=True, help="a regression score model directory")
+    label.add_argument("--data", required=True, help="a dataset spec with responses (kind sft)")
+    label.add_argument("--out", required=True, help="output JSONL in the HelpSteer schema")
+    label.add_argument("--max-length", type=int, default=128)
+    label.add_argument("--batch-size", type=int, default=32)
+    generate = commands.add_parser("generate", help="one response with requested attribute values")
+    generate.add_argument("--model", required=True, help="a SteerLM-trained policy directory")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--system", default=None, help="a system message before the attributes")
+    generate.add_argument("--attributes", required=True, help="NAME=VALUE,... with values 0-4")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        (_label if args.command == "label" else _generate)(args)
+    except (ValueError, KeyError, OSError) as error:  # DataError and ConfigError are ValueErrors: one line each
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""SteerLM pieces: the attribute string in the prompt, requests, and the toy world's ground-truth attributes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from safe_rlhf.data import AttributeSample, Message, PromptSample, conversation, load_samples
+from safe_rlhf.steer import parse_request, steer_sft_samples, steer_text, steered, steered_messages
+from safe_rlhf.toyworld import generate
+from safe_rlhf.toyworld.steer_data import ATTRIBUTES, attributes
+
+pytestmark = pytest.mark.unit
+
+LAPTOP = "how do i fix my slow laptop"
+
+
+def test_steer_text_and_messages():
+    labels = {"helpfulness": 3.6, "verbosity": 0.0, "coherence": 4}
+    assert steer_text(labels, ["helpfulness", "verbosity"]) == "attributes: helpfulness:4,verbosity:0"
+    with pytest.raises(KeyError, match="complexity"):
+        steer_text(labels, ["complexity"])
+    plain = steered_messages(conversation("hi"), labels, ["verbosity"])
+    assert plain == (Message("system", "attributes: verbosity:0"), Message("user", "hi"))
+    with_system = steered_messages(conversation("hi", system="be kind"), labels, ["verbosity"])
+    assert with_system[0] == Message("system", "be kind\nattributes: verbosity:0") and len(with_system) == 2
+    prompt = steered(PromptSample(messages=conversation("hi"), meta={"risky": True}), {"verbosity": 1}, ["verbosity"])
+    assert prompt.messages[0].content == "attributes: verbosity:1" and prompt.meta == {"risky": True}
+    sample = AttributeSample(messages=conversation("hi"), response="yes", attributes={"verbosity": 2.0})
+    (sft,) = steer_sft_samples([sample], ["verbosity"])
+    assert sft.response == "yes" and sft.messages[0].content == "attributes: verbosity:2"
+
+
+def test_parse_request():
+    assert parse_request("helpfulness=4, verbosity=0") == {"helpfulness": 4, "verbosity": 0}
+    with pytest.raises(ValueError, match="'verbosity' is not NAME=INTEGER"):
+        parse_request("verbosity")
+    with pytest.raises(ValueError, match="verbosity=7 is outside 0-4"):
+        parse_request("verbosity=7")
+
+
+def test_toyworld_attributes_by_hand():
+    # 3 answer words, 2 connectives: helpfulness 3, complexity 3, verbosity 2, nothing off-topic or repeated
+    assert attributes(LAPTOP, "first restart then update backup") == {
+        "helpfulness": 3, "correctness": 4, "coherence": 4, "complexity": 3, "verbosity": 2}  # fmt: skip
+    # "flour" is off-topic (-1), "restart" repeated (-0.5): helpfulness 1 + 1 - 1 - 0.5 = 0.5 -> 0 (rounds to even)
+    assert attributes(LAPTOP, "restart restart flour update") == {
+        "helpfulness": 0, "correctness": 3, "coherence": 3, "complexity": 2, "verbosity": 0}  # fmt: skip
+    # neutral padding only moves verbosity (capped at 4)
+    assert attributes(LAPTOP, "sure well maybe just first restart then update")["verbosity"] == 4
+    assert attributes(LAPTOP, "sure well maybe just first restart then update")["helpfulness"] == 2
+
+
+def test_steer_files_are_helpsteer_records_labelled_by_the_ground_truth(tmp_path: Path):
+    sizes = {"num_sft": 0, "num_preference": 0, "num_preference_test": 0, "num_prompts": 0, "num_eval_prompts": 0,
+             "num_qa": 0, "num_qa_test": 0, "num_system_sft": 0, "num_system_preference": 0,
+             "num_system_prompts": 0, "num_system_eval": 0, "num_steer_sft": 500, "num_steer_test": 50}  # fmt: skip
+    paths = generate(tmp_path, seed=2, **sizes)
+    records = [json.loads(line) for line in paths["steer_sft"].read_text().splitlines()]
+    assert len(records) == 500
+    for record in records:
+        assert list(record) == ["prompt", "response", *ATTRIBUTES]
+        assert {k: record[k] for k in ATTRIBUTES} == attributes(record["prompt"], record["response"])
+    counts = [sum(r["verbosity"] == v for r in records) for v in range(5)]
+    assert min(counts) > 60  # every verbosity level is common (drawn uniformly)
+    samples = load_samples(f"helpsteer:{paths['steer_test']}", kind="attribute").samples
+    assert len(samples) == 50 and set(samples[0].attributes) == set(ATTRIBUTES)
