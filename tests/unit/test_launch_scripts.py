@@ -175,11 +175,30 @@ def test_launcher_has_usage_header_and_strict_mode(script, stubs, stub_log, tmp_
 
 
 def test_every_launcher_is_tested():
-    studies = {"system_message_study.sh", "length_study.sh"}
+    studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh"}
     assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
 
 
 # ---- the study scripts (not launchers: their stages are python -m calls, recorded by a stub python)
+
+
+def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, stub_log, tmp_path):
+    python = stubs / "python"
+    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
+    python.chmod(0o755)
+    result = run_script(LAUNCH_DIR / "steerlm_study.sh", ["5", str(tmp_path / "study")],
+                        script_env(stubs, stub_log, PYTHON=str(python)), tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    argvs = [c["argv"] for c in calls(stub_log)]
+    modules = [argv[1] for argv in argvs]
+    train, evaluate = "safe_rlhf.train", "safe_rlhf.evaluate"
+    assert modules == [train, train, "safe_rlhf.steer", train, train, evaluate, evaluate]
+    root = tmp_path / "study" / "seed-5"
+    assert argvs[2][2:] == ["label", "--model", str(root / "attribute_model" / "model"), "--data", "toyworld:sft",
+                            "--out", str(root / "labelled_sft.jsonl")]  # fmt: skip
+    assert f"data.train=helpsteer:{root / 'labelled_sft.jsonl'}" in argvs[3]
+    requests = [next(a for a in argv if a.startswith("data.steer_request=")) for argv in argvs[-2:]]
+    assert [r.rsplit(":", 1)[1] for r in requests] == ["0}", "4}"]
 
 
 def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_log, tmp_path):
