@@ -211,12 +211,15 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
     argvs = {next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]: c["argv"]
              for c in calls(stub_log)}  # fmt: skip
     assert list(argvs) == ["sft", "reward_model", "rm_balanced", "rm_random_negatives", "cost_model", "ppo",
-                           "ppo_kl0.5", "ppo_length_penalty", "ppo_reward_scaling", "ppo_length_only",
-                           "ppo_rm_balanced", "ppo_rm_random_negatives", "arena", "length_bias"]  # fmt: skip
+                           "ppo_kl0.5", "ppo_length_penalty", "ppo_length_penalty0.2", "ppo_reward_scaling",
+                           "ppo_length_only", "ppo_rm_balanced", "ppo_rm_random_negatives",
+                           "ppo_rm_balanced_length_penalty", "arena", "length_bias"]  # fmt: skip
     assert "score.random_negative_fraction=0.5" in argvs["rm_random_negatives"]
     assert "ppo.length_only_reward_target=12" in argvs["ppo_length_only"]
     root = tmp_path / "study" / "seed-4"
     assert f"reward_model={root / 'rm_balanced' / 'model'}" in argvs["ppo_rm_balanced"]
+    combined = argvs["ppo_rm_balanced_length_penalty"]
+    assert f"reward_model={root / 'rm_balanced' / 'model'}" in combined and "ppo.length_penalty_coeff=0.05" in combined
     # every PPO run: the same config (budget), one setting apart
     ppo_runs = [name for name in argvs if name.startswith("ppo")]
     assert all("--config-name" in argvs[n] and argvs[n][argvs[n].index("--config-name") + 1] == "ppo" for n in ppo_runs)
