@@ -55,6 +55,6 @@ for verbosity in 0 4; do
         --config-name arena output_dir="$OUT/arena_verbosity$verbosity" "+policies.steerlm=$OUT/steerlm/model" \
         "+policies.steerlm_labelled=$OUT/steerlm_labelled/model" baseline=steerlm seed="$SEED" \
         reward_model="$OUT/attribute_model/model" cost_model="$OUT/cost_model/model" \
-        data.steer_request="$request" data.max_prompt_length=80
+        ++data.steer_request="$request" data.max_prompt_length=80
 done
 echo "summaries: $OUT/arena_verbosity{0,4}/summary.json"

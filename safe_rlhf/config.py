@@ -448,7 +448,8 @@ class PromptDataConfig:
     ptx_max_length: int | None = None
     # "raise" stops at the first malformed record; "skip" counts it.
     on_error: str = "raise"
-    # SteerLM: attribute values (0-4) written into every prompt, e.g. {helpfulness: 4, verbosity: 0}; {} = off.
+    # SteerLM: attribute values (0-4) written into every prompt, e.g. ++data.steer_request={helpfulness:4,verbosity:0}
+    # on the command line ("++": the key holds a dict); {} = off.
     steer_request: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

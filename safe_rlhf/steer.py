@@ -17,7 +17,7 @@ Label data that has none with a multi-attribute (regression) reward model, into 
     python -m safe_rlhf.steer label --model runs/attribute_model/model --data toyworld:sft --out labelled.jsonl
 
 Generate with requested values, from the CLI or, for any RL recipe and the arena, from config
-(``+data.steer_request={helpfulness:4,verbosity:0}``)::
+(``++data.steer_request={helpfulness:4,verbosity:0}``: ``++`` because the key holds a dict)::
 
     python -m safe_rlhf.steer generate --model runs/steerlm/model --prompt "how do i fix my slow laptop" \\
         --attributes helpfulness=4,correctness=4,coherence=4,complexity=4,verbosity=0

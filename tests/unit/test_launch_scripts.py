@@ -197,7 +197,7 @@ def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, 
     assert argvs[2][2:] == ["label", "--model", str(root / "attribute_model" / "model"), "--data", "toyworld:sft",
                             "--out", str(root / "labelled_sft.jsonl")]  # fmt: skip
     assert f"data.train=helpsteer:{root / 'labelled_sft.jsonl'}" in argvs[3]
-    requests = [next(a for a in argv if a.startswith("data.steer_request=")) for argv in argvs[-2:]]
+    requests = [next(a for a in argv if a.startswith("++data.steer_request=")) for argv in argvs[-2:]]
     assert [r.rsplit(":", 1)[1] for r in requests] == ["0}", "4}"]
 
 

@@ -67,3 +67,11 @@ def test_steer_files_are_helpsteer_records_labelled_by_the_ground_truth(tmp_path
     assert min(counts) > 60  # every verbosity level is common (drawn uniformly)
     samples = load_samples(f"helpsteer:{paths['steer_test']}", kind="attribute").samples
     assert len(samples) == 50 and set(samples[0].attributes) == set(ATTRIBUTES)
+
+
+def test_a_steer_request_outside_0_to_4_is_a_config_error():
+    from safe_rlhf.config import ConfigError, PromptDataConfig
+
+    assert PromptDataConfig(steer_request={"verbosity": 0}).steer_request == {"verbosity": 0}
+    with pytest.raises(ConfigError, match=r"data\.steer_request\.verbosity=7 must be an integer 0-4"):
+        PromptDataConfig(steer_request={"verbosity": 7})
