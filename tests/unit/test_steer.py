@@ -75,3 +75,22 @@ def test_a_steer_request_outside_0_to_4_is_a_config_error():
     assert PromptDataConfig(steer_request={"verbosity": 0}).steer_request == {"verbosity": 0}
     with pytest.raises(ConfigError, match=r"data\.steer_request\.verbosity=7 must be an integer 0-4"):
         PromptDataConfig(steer_request={"verbosity": 7})
+
+
+def test_rl_and_arena_prompts_carry_the_requested_attributes(safe_rlhf_cache):
+    from transformers import AutoTokenizer
+
+    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.config import PPOConfig, PromptDataConfig
+    from safe_rlhf.recipes.ppo import PPORecipe
+
+    recipe = PPORecipe.__new__(PPORecipe)
+    recipe.config = PPOConfig(data=PromptDataConfig(train="toyworld:eval_prompts", eval="toyworld:system_eval",
+                                                    max_prompt_length=80, steer_request={"verbosity": 0}))  # fmt: skip
+    recipe.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny"))
+    recipe._setup_data()
+    assert {s.messages[0].content for s in recipe.prompt_samples} == {"attributes: verbosity:0"}
+    assert recipe.prompt_samples[0].meta["risky"] in (True, False)  # the record's fields survive
+    # after a prompt's own system message, on a new line
+    first = recipe.eval_samples[0].messages[0].content
+    assert first.startswith("the user wants you to") and first.endswith("\nattributes: verbosity:0")
