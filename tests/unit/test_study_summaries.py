@@ -52,3 +52,15 @@ def test_system_study_adherence_and_the_authority_gap_by_hand(tmp_path: Path):
     row = system_study.study_summary(tmp_path)["per_seed"]["1"]["sft"]
     assert row["unseen_adherence"] == 0.6 and row["plain_helpfulness"] == 1.5
     assert row["authority_minus_plain_harm"] == pytest.approx(0.15)
+
+
+def test_steer_study_shorter_and_helpfulness_difference_by_hand(tmp_path: Path):
+    from safe_rlhf.analysis import steer_study
+
+    seed = tmp_path / "seed-1"
+    write(seed / "arena_verbosity0" / "summary.json", {"policies": {"steerlm": policy(1.9, 6.0, 0, harm=0.1)}})
+    write(seed / "arena_verbosity4" / "summary.json", {"policies": {"steerlm": policy(2.0, 10.0, 0, harm=0.2)}})
+    steer_study.main([str(tmp_path)])
+    row = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["1"]["steerlm"]
+    assert row["shorter"] == pytest.approx(0.4) and row["helpfulness_difference"] == pytest.approx(-0.05)
+    assert (row["harm_low"], row["harm_high"]) == (0.1, 0.2)
