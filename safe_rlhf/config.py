@@ -287,6 +287,10 @@ class ScoreConfig:
         _positive("score.regularization", self.regularization, allow_zero=True)
         if not 0.0 <= self.random_negative_fraction <= 1.0:
             raise ConfigError(f"score.random_negative_fraction={self.random_negative_fraction} must be in [0, 1]")
+        if self.random_negative_fraction and self.objective != "preference":
+            raise ConfigError(
+                f"score.random_negative_fraction applies to score.objective=preference, not {self.objective}"
+            )
         if len(self.severity_weights) != 4 or any(w < 0 for w in self.severity_weights):
             raise ConfigError(
                 f"score.severity_weights={self.severity_weights} must be 4 non-negative numbers (levels 0-3)"

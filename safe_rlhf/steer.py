@@ -39,6 +39,17 @@ STEER_PREFIX = "attributes:"
 MIN_VALUE, MAX_VALUE = 0, 4
 
 
+CANONICAL_ORDER = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+"""HelpSteer's column order: requests are written in it, whatever order a config or the CLI gives them in, so that
+they match the string the model was trained on (``data.steer_attributes`` in the same order)."""
+
+
+def request_order(request: Mapping[str, int]) -> list[str]:
+    """The names of ``request`` in HelpSteer's order, other names after them in the given order."""
+    known = [name for name in CANONICAL_ORDER if name in request]
+    return known + [name for name in request if name not in CANONICAL_ORDER]
+
+
 def steer_text(attributes: Mapping[str, float], names: Sequence[str]) -> str:
     """``attributes: name:value,...`` for ``names`` in order (values rounded to integers)."""
     missing = [name for name in names if name not in attributes]
@@ -62,12 +73,17 @@ def steered(sample: Any, attributes: Mapping[str, float], names: Sequence[str]) 
 
 def steer_sft_samples(samples: Sequence[Any], names: Sequence[str]) -> list[Any]:
     """Attribute samples -> SFT samples whose prompt carries their own labels (SteerLM's training data)."""
+    from safe_rlhf.config import ConfigError
     from safe_rlhf.data import SFTSample
 
-    return [
-        SFTSample(messages=steered_messages(s.messages, s.attributes, names), response=s.response, origin=s.origin)
-        for s in samples
-    ]
+    steered_samples = []
+    for s in samples:
+        try:
+            messages = steered_messages(s.messages, s.attributes, names)
+        except KeyError as error:
+            raise ConfigError(f"data.steer_attributes: {s.origin or 'a sample'} has {error.args[0]}") from None
+        steered_samples.append(SFTSample(messages=messages, response=s.response, origin=s.origin))
+    return steered_samples
 
 
 def parse_request(text: str) -> dict[str, int]:
@@ -94,7 +110,7 @@ def _label(args: argparse.Namespace) -> None:
     from safe_rlhf.config import ModelConfig
     from safe_rlhf.data import TokenizedDataset, load_samples
     from safe_rlhf.engines import load_tokenizer
-    from safe_rlhf.score_model import end_scores, load_score_model, score_metadata
+    from safe_rlhf.score_model import end_scores, load_score_model, score_metadata, scores_for_use
 
     model = load_score_model(args.model)
     metadata = score_metadata(model)
@@ -111,7 +127,8 @@ def _label(args: argparse.Namespace) -> None:
         for start in range(0, len(dataset), args.batch_size):
             items = [dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))]
             batch = dataset.collate(items)
-            scores = end_scores(model, batch["input_ids"], batch["attention_mask"])  # (B, A)
+            # the scores as the model's users see them (normalized when it was exported with normalize: true)
+            scores = scores_for_use(model, end_scores(model, batch["input_ids"], batch["attention_mask"]))  # (B, A)
             for offset, row in enumerate(scores.tolist()):
                 sample = samples[start + offset]
                 labels = {n: max(MIN_VALUE, min(MAX_VALUE, round(v))) for n, v in zip(names, row)}
@@ -131,7 +148,7 @@ def _generate(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
     model = AutoModelForCausalLM.from_pretrained(args.model)
     model.eval()
-    messages = steered_messages(conversation(args.prompt, system=args.system), request, list(request))
+    messages = steered_messages(conversation(args.prompt, system=args.system), request, request_order(request))
     ids = torch.tensor([prompt_ids(messages, tokenizer)])
     torch.manual_seed(args.seed)
     with torch.no_grad():

@@ -110,7 +110,7 @@ def prompt_group_members(metas: list[Any], groups: list[str | None], num_constra
     A group is ``KEY=VALUE`` matched against the prompt's ``meta[KEY]`` as lower-case text (so ``risky=true`` matches
     the boolean True); None, or no groups at all, is every prompt."""
     members = torch.ones(len(metas), num_constraints, dtype=torch.bool)
-    for k, group in enumerate(groups):
+    for k, group in enumerate(groups[:num_constraints]):  # no cost model: no constraint columns
         if group is None:
             continue
         key, value = (part.strip() for part in group.split("=", 1))
@@ -204,7 +204,7 @@ class PPORecipe:
 
     def _setup_data(self) -> None:
         from safe_rlhf.data import DataError, load_samples, tokenize_prompt
-        from safe_rlhf.steer import steered
+        from safe_rlhf.steer import request_order, steered
 
         data = self.config.data
 
@@ -213,7 +213,7 @@ class PPORecipe:
             samples, items, skipped = [], [], 0
             for sample in result.samples:
                 if data.steer_request:  # SteerLM: the requested attribute values in every prompt
-                    sample = steered(sample, data.steer_request, list(data.steer_request))
+                    sample = steered(sample, data.steer_request, request_order(data.steer_request))
                 try:
                     items.append(tokenize_prompt(sample, self.tokenizer, data.max_prompt_length))
                     samples.append(sample)
@@ -240,6 +240,16 @@ class PPORecipe:
             self.validation_items = [item for held, _, item in split if held]
             self.prompt_samples = [sample for held, sample, _ in split if not held]
             self.prompt_items = [item for held, _, item in split if not held]
+            # A grouped constraint that no validation prompt belongs to could never be measured by the selection.
+            groups = self.config.lagrange.prompt_groups
+            if self.config.train.select_steps and groups:
+                held_members = prompt_group_members([s.meta for s in self.validation_samples], groups, len(groups))
+                for k, group in enumerate(groups):
+                    if group is not None and not bool(held_members[:, k].any()):
+                        raise ConfigError(
+                            f"lagrange.prompt_groups[{k}]={group} matches none of the {len(self.validation_samples)} "
+                            "validation prompts: raise data.validation_fraction or check the KEY=VALUE"
+                        )
         self.eval_samples, self.eval_items = prompts(data.eval) if data.eval else ([], [])
         self.ptx_items: list[Any] = []
         if data.ptx and self.config.ppo.ptx_coeff > 0:
@@ -735,13 +745,18 @@ class PPORecipe:
         ):  # each attribute of a multi-attribute reward model, before weighting
             for k, name in enumerate(self.reward_attribute_names):
                 local[f"reward_{name}"] = rollout.reward_scores[:, k].mean()
-        for k in range(rollout.costs.shape[1]):
-            # over the constraint's own prompts (all of them unless lagrange.prompt_groups says otherwise)
-            members = rollout.constraint_members[:, k]
-            local[f"episode_cost_{k}"] = rollout.costs[members, k].sum() / members.sum().clamp(min=1)
         names = sorted(local)
         averaged = distributed.all_reduce_mean(torch.stack([local[n].float().cpu() for n in names]))
         metrics = {f"train/{name}": float(value) for name, value in zip(names, averaged)}
+        # Each constraint's batch cost over its own prompts (all of them unless lagrange.prompt_groups says
+        # otherwise): sums and counts over every rank, since ranks hold different numbers of a group's episodes.
+        num_costs = rollout.costs.shape[1]
+        if num_costs:
+            members = rollout.constraint_members[:, :num_costs]
+            sums = torch.cat([(rollout.costs * members).sum(0), members.sum(0)]).double().cpu()
+            totals = distributed.all_reduce_sum(sums)
+            for k in range(num_costs):
+                metrics[f"train/episode_cost_{k}"] = float(totals[k] / totals[num_costs + k].clamp(min=1))
         metrics["train/response_length_max"] = float(distributed.all_gather_cat(lengths.max().reshape(1)).max())
         if self.variant == "ppo_lag":
             budgets = self.config.lagrange.thresholds

@@ -110,13 +110,19 @@ def random_negatives(samples: list[Any], fraction: float, seed: int) -> list[Any
     count = round(fraction * len(samples))
     if count == 0 or len({s.prompt for s in samples}) < 2:
         return []
+    # (a pair with no partner of another prompt and text within 100 draws is left out)
     rng = random.Random(f"random-negatives:{seed}")
     added = []
     for index in rng.sample(range(len(samples)), count):
         sample = samples[index]
         other = samples[rng.randrange(len(samples))]
-        while other.prompt == sample.prompt:
+        # another prompt, and another text (refusals repeat across prompts: an equal pair teaches nothing)
+        for _ in range(100):
+            if other.prompt != sample.prompt and other.better != sample.better:
+                break
             other = samples[rng.randrange(len(samples))]
+        else:
+            continue
         added.append(
             PreferenceSample(
                 messages=sample.messages,

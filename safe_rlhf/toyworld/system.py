@@ -138,7 +138,9 @@ _FOCUS_PATTERN = re.compile(rf"^{FOCUS_PHRASE} ([a-z]+)$")
 
 def parse_system(system: str | None) -> SystemMessage:
     """Read a system message: the preferences it states (in order) and whether it is an authority claim."""
-    text = " ".join((system or "").lower().split())
+    # A SteerLM attribute line appended to the message (safe_rlhf.steer) states no preference of the user's.
+    lines = [line for line in (system or "").lower().splitlines() if not line.strip().startswith("attributes:")]
+    text = " ".join(" ".join(lines).split())
     if text in AUTHORITY_MESSAGES:
         return SystemMessage(claims_authority=True)
     if not text.startswith(SYSTEM_PREFIX + " "):

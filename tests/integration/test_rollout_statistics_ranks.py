@@ -57,3 +57,61 @@ def test_reward_scaling_and_whitening_statistics_span_both_ranks(tmp_path):
     # Masked: [1, 5, 7, 9]: mean 5.5, variance (20.25 + 0.25 + 2.25 + 12.25) / 4 = 8.75, the same on both ranks.
     for rank in (0, 1):
         assert results[rank]["masked"] == pytest.approx([5.5, math.sqrt(8.75)])
+
+
+# Constraint 1 is grouped: rank 0 holds no episode of the group, rank 1 two of its three.
+GROUP_COSTS = {0: [[1.0, 0.0], [0.0, 0.0]], 1: [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]}
+GROUP_MEMBERS = {0: [[True, False], [True, False]], 1: [[True, True], [True, True], [True, False]]}
+
+
+def _grouped_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
+    from safe_rlhf.config import LagrangeConfig, PPOConfig
+    from safe_rlhf.recipes.ppo import PPORecipe
+    from safe_rlhf.recipes.rollout import Rollout
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        recipe = PPORecipe.__new__(PPORecipe)
+        recipe.config = PPOConfig(recipe="ppo_lag", lagrange=LagrangeConfig(
+            thresholds=[0.5, 0.5], constraint_types=["rate", "rate"], cost_indices=[0, 0], mode="log", init=1.0,
+            lr=0.1, prompt_groups=[None, "system_kind=authority"]))  # fmt: skip
+        recipe.variant, recipe.num_constraints = "ppo_lag", 2
+        recipe.multipliers = [LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.5, window_size=128) for _ in range(2)]
+        n, width = len(GROUP_COSTS[rank]), 3
+        zeros = torch.zeros(n, width - 1)
+        rollout = Rollout(
+            input_ids=torch.ones(n, width, dtype=torch.long), attention_mask=torch.ones(n, width, dtype=torch.long),
+            action_mask=torch.ones(n, width - 1, dtype=torch.bool), old_log_probs=zeros, ref_log_probs=zeros,
+            rewards=torch.zeros(n), costs=torch.tensor(GROUP_COSTS[rank]),
+            constraint_members=torch.tensor(GROUP_MEMBERS[rank]), raw_costs=torch.zeros(n, 1),
+            reward_scores=torch.zeros(n, 1), reward_values=zeros, cost_values=torch.zeros(n, 2, width - 1),
+            reward_advantages=zeros, reward_returns=zeros, cost_advantages=torch.zeros(n, 2, width - 1),
+            cost_returns=torch.zeros(n, 2, width - 1), ended_with_eos=torch.ones(n, dtype=torch.bool),
+            response_lengths=torch.full((n,), 2),
+        )  # fmt: skip
+        lambdas = recipe.update_multipliers(rollout)
+        metrics = recipe.rollout_metrics(rollout, lambdas)
+        with open(os.path.join(out_dir, f"grouped{rank}.json"), "w") as handle:
+            json.dump({"lambdas": lambdas, "cost_0": metrics["train/episode_cost_0"],
+                       "cost_1": metrics["train/episode_cost_1"],
+                       "window_1": recipe.multipliers[1].window_mean()}, handle)  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_grouped_constraint_is_measured_over_its_episodes_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_grouped_worker, args=(find_free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = {rank: json.loads((tmp_path / f"grouped{rank}.json").read_text()) for rank in (0, 1)}
+    for rank in (0, 1):
+        # all 5 episodes: 3 unsafe -> 0.6; the group: rank 1's 2 episodes, 1 unsafe -> 0.5 (a mean of rank means
+        # would give (0 + 0.5) / 2 = 0.25)
+        assert results[rank]["cost_0"] == pytest.approx(0.6) and results[rank]["cost_1"] == pytest.approx(0.5)
+        assert results[rank]["window_1"] == pytest.approx(0.5)
+        assert results[rank]["lambdas"] == pytest.approx([math.exp(0.1 * (0.6 - 0.5)), 1.0])

@@ -242,3 +242,28 @@ def test_a_grouped_constraint_updates_its_multiplier_from_its_own_prompts_only()
     none[:, 0] = True
     lambdas = recipe.update_multipliers(SimpleNamespace(costs=torch.ones(2, 2) * none, constraint_members=none))
     assert lambdas[1] == pytest.approx(1.0) and len(recipe.multipliers[1].window) == 2
+
+
+def test_prompt_groups_without_a_cost_model_give_no_columns():
+    from safe_rlhf.recipes.ppo import prompt_group_members
+
+    assert prompt_group_members([{"risky": True}], ["risky=true"], 0).shape == (1, 0)
+
+
+def test_a_grouped_constraint_without_validation_prompts_is_refused_at_start_up(safe_rlhf_cache):
+    from transformers import AutoTokenizer
+
+    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.config import ConfigError
+
+    config = PPOConfig(
+        data=PromptDataConfig(train="toyworld:system_prompts", eval=None, max_prompt_length=80,
+                              validation_fraction=0.01),
+        lagrange=LagrangeConfig(thresholds=[0.05], constraint_types=["rate"], cost_indices=[0],
+                                prompt_groups=["system_kind=nonexistent"]),
+        train=RLTrainConfig(select_steps=5),
+    )  # fmt: skip
+    recipe = recipe_with(config)
+    recipe.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny"))
+    with pytest.raises(ConfigError, match=r"lagrange\.prompt_groups\[0\]=system_kind=nonexistent matches none of"):
+        recipe._setup_data()

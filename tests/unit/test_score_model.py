@@ -366,3 +366,18 @@ def test_random_negatives_pair_a_preferred_response_with_another_prompts():
         assert pair.safer_id is None and pair.origin == f"f:{index}+random_negative"
     assert random_negatives(samples, 0.3, seed=0) == added  # deterministic for a seed
     assert random_negatives(samples[:1], 1.0, seed=0) == []  # one prompt: nothing to pair with
+
+
+def test_random_negatives_skip_equal_texts_and_only_preference_objectives_take_them():
+    from safe_rlhf.config import ConfigError, ScoreConfig
+    from safe_rlhf.data import PreferenceSample, conversation
+    from safe_rlhf.recipes.score_model import random_negatives
+
+    # every prompt's preferred response is the same refusal but one: each new pair must use the one that differs
+    samples = [PreferenceSample(messages=conversation(f"q{i}"), responses=("x", "sorry"), better_id=1)
+               for i in range(5)]  # fmt: skip
+    samples.append(PreferenceSample(messages=conversation("q5"), responses=("x", "restart"), better_id=1))
+    for pair in random_negatives(samples, 0.5, seed=1):
+        assert pair.responses[0] != pair.responses[1]
+    with pytest.raises(ConfigError, match=r"random_negative_fraction applies to score\.objective=preference"):
+        ScoreConfig(objective="regression", score_dim=1, attribute_names=["a"], random_negative_fraction=0.5)

@@ -94,3 +94,27 @@ def test_rl_and_arena_prompts_carry_the_requested_attributes(safe_rlhf_cache):
     # after a prompt's own system message, on a new line
     first = recipe.eval_samples[0].messages[0].content
     assert first.startswith("the user wants you to") and first.endswith("\nattributes: verbosity:0")
+
+
+def test_review_fixes_order_missing_labels_and_the_system_judge():
+    from safe_rlhf.config import ConfigError
+    from safe_rlhf.steer import request_order
+    from safe_rlhf.toyworld.system import AUTHORITY_MESSAGES, parse_system
+
+    # a request is written in HelpSteer's order, whatever order it was given in
+    assert request_order({"verbosity": 0, "helpfulness": 4, "humor": 1}) == ["helpfulness", "verbosity", "humor"]
+    # a sample without a steered attribute: one line naming where
+    sample = AttributeSample(messages=conversation("hi"), response="yes", attributes={"verbosity": 2.0},
+                             origin="data.jsonl:3")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.steer_attributes: data\.jsonl:3 has no value for attribute"):
+        steer_sft_samples([sample], ["complexity"])
+    # a SteerLM line after a system message does not hide its preferences or its claim
+    brief = parse_system("the user wants you to keep it brief and start with yeast\nattributes: verbosity:0")
+    assert [p.phrase for p in brief.preferences] == ["keep it brief", "start with yeast"]
+    assert parse_system(f"{AUTHORITY_MESSAGES[0]}\nattributes: verbosity:0").claims_authority
+
+
+def test_risky_complexity_counts_only_safe_content():
+    taxes = "how can i cheat on my taxes"
+    assert attributes(taxes, "sure cash skim forge offshore")["complexity"] == 0  # harm words are not content
+    assert attributes(taxes, "sorry ask lawyer or accountant")["complexity"] == 2
