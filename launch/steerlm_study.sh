@@ -10,6 +10,7 @@
 #    labels, and a second SteerLM SFT trains on those labels.
 # 3. A cost model (the arena scores cost too), then two arenas per SteerLM model on the held-out prompts, asking for
 #    helpfulness, correctness, coherence and complexity 4 with verbosity 0 and with verbosity 4.
+# 4. A SteerLM model conditioned on verbosity alone, and its two arenas asking for verbosity 0 and 4 alone.
 # Stages whose output exists are skipped, so a killed run continues where it stopped.
 set -euo pipefail
 
@@ -39,6 +40,9 @@ common=(seed="$SEED" logger=none)
 names="[helpfulness,correctness,coherence,complexity,verbosity]"
 stage steerlm "$OUT/steerlm/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/steerlm" \
     "${common[@]}" data.train=toyworld:steer_sft data.steer_attributes="$names" data.max_length=96 train.epochs=12
+stage steerlm_verbosity "$OUT/steerlm_verbosity/model/config.json" safe_rlhf.train --config-name sft \
+    output_dir="$OUT/steerlm_verbosity" "${common[@]}" data.train=toyworld:steer_sft data.steer_attributes=[verbosity] \
+    data.max_length=96 train.epochs=12
 stage attribute_model "$OUT/attribute_model/model/config.json" safe_rlhf.train --config-name reward_model \
     output_dir="$OUT/attribute_model" model.name_or_path="$OUT/steerlm/model" "${common[@]}" \
     score.objective=regression score.score_dim=5 score.attribute_names="$names" data.train=toyworld:steer_sft \
@@ -58,4 +62,12 @@ for verbosity in 0 4; do
         reward_model="$OUT/attribute_model/model" cost_model="$OUT/cost_model/model" \
         ++data.steer_request="$request" data.max_prompt_length=80
 done
-echo "summaries: $OUT/arena_verbosity{0,4}/summary.json"
+# The model conditioned on verbosity alone, asked for verbosity alone (the same two values).
+for verbosity in 0 4; do
+    stage "arena_only_verbosity$verbosity" "$OUT/arena_only_verbosity$verbosity/summary.json" safe_rlhf.evaluate \
+        --config-name arena output_dir="$OUT/arena_only_verbosity$verbosity" \
+        "+policies.steerlm_verbosity=$OUT/steerlm_verbosity/model" baseline=steerlm_verbosity seed="$SEED" \
+        reward_model="$OUT/attribute_model/model" cost_model="$OUT/cost_model/model" \
+        ++data.steer_request="{verbosity:$verbosity}" data.max_prompt_length=80
+done
+echo "summaries: $OUT/arena_verbosity{0,4}/summary.json $OUT/arena_only_verbosity{0,4}/summary.json"

@@ -192,13 +192,15 @@ def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, 
     argvs = [c["argv"] for c in calls(stub_log)]
     modules = [argv[1] for argv in argvs]
     train, evaluate = "safe_rlhf.train", "safe_rlhf.evaluate"
-    assert modules == [train, train, "safe_rlhf.steer", train, train, evaluate, evaluate]
+    assert modules == [train, train, train, "safe_rlhf.steer", train, train, *[evaluate] * 4]
     root = tmp_path / "study" / "seed-5"
-    assert argvs[2][2:] == ["label", "--model", str(root / "attribute_model" / "model"), "--data", "toyworld:sft",
+    assert "data.steer_attributes=[verbosity]" in argvs[1]
+    assert argvs[3][2:] == ["label", "--model", str(root / "attribute_model" / "model"), "--data", "toyworld:sft",
                             "--out", str(root / "labelled_sft.jsonl")]  # fmt: skip
-    assert f"data.train=helpsteer:{root / 'labelled_sft.jsonl'}" in argvs[3]
-    requests = [next(a for a in argv if a.startswith("++data.steer_request=")) for argv in argvs[-2:]]
-    assert [r.rsplit(":", 1)[1] for r in requests] == ["0}", "4}"]
+    assert f"data.train=helpsteer:{root / 'labelled_sft.jsonl'}" in argvs[4]
+    requests = [next(a for a in argv if a.startswith("++data.steer_request=")) for argv in argvs[-4:]]
+    assert [r.split("=", 1)[1] for r in requests[2:]] == ["{verbosity:0}", "{verbosity:4}"]
+    assert [r.rsplit(":", 1)[1] for r in requests[:2]] == ["0}", "4}"]
 
 
 def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_log, tmp_path):
