@@ -8,7 +8,7 @@
 # 1. SFT; the reward model three ways: plain, on length-balanced pairs (score.length_balance_bins=10), with random
 #    negatives (score.random_negative_fraction=0.5); a cost model (the arena scores cost too).
 # 2. Reward-only PPO, the same budget each: plain; higher KL (0.5 instead of 0.2); a length penalty
-#    (ppo.length_penalty_coeff=0.05, and 0.2); reward scaling (ppo.reward_scaling_clip=1); each reward-model variant;
+#    (ppo.length_penalty_coeff=0.05, 0.1 and 0.2); reward scaling (ppo.reward_scaling_clip=1); each reward-model variant;
 #    the length-balanced reward model with the 0.05 length penalty; the length-only reward
 #    (ppo.length_only_reward_target=12 tokens).
 # 3. One arena over all of them on the held-out prompts (true helpfulness, lengths), judged by the plain reward model,
@@ -52,12 +52,13 @@ stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-na
     output_dir="$OUT/cost_model" model.name_or_path="$SFT" "${common[@]}"
 
 declare -A ppo_settings=([ppo]="" [ppo_kl0.5]="ppo.kl_coeff=0.5" [ppo_length_penalty]="ppo.length_penalty_coeff=0.05"
+                         [ppo_length_penalty0.1]="ppo.length_penalty_coeff=0.1"
                          [ppo_length_penalty0.2]="ppo.length_penalty_coeff=0.2"
                          [ppo_reward_scaling]="ppo.reward_scaling_clip=1.0"
                          [ppo_length_only]="ppo.length_only_reward_target=12"
                          [ppo_rm_balanced_length_penalty]="ppo.length_penalty_coeff=0.05")
 policies=("+policies.sft=$SFT")
-runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only ppo_rm_balanced
+runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.1 ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only ppo_rm_balanced
       ppo_rm_random_negatives ppo_rm_balanced_length_penalty)
 for run in "${runs[@]}"; do
     reward=$OUT/reward_model/model

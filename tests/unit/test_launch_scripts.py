@@ -213,7 +213,8 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
     argvs = {next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]: c["argv"]
              for c in calls(stub_log)}  # fmt: skip
     assert list(argvs) == ["sft", "reward_model", "rm_balanced", "rm_random_negatives", "cost_model", "ppo",
-                           "ppo_kl0.5", "ppo_length_penalty", "ppo_length_penalty0.2", "ppo_reward_scaling",
+                           "ppo_kl0.5", "ppo_length_penalty", "ppo_length_penalty0.1", "ppo_length_penalty0.2",
+                           "ppo_reward_scaling",
                            "ppo_length_only", "ppo_rm_balanced", "ppo_rm_random_negatives",
                            "ppo_rm_balanced_length_penalty", "arena", "length_bias"]  # fmt: skip
     assert "score.random_negative_fraction=0.5" in argvs["rm_random_negatives"]
