@@ -1,6 +1,6 @@
 """The SteerLM study over seeds: low vs high requested verbosity, from ``launch/steerlm_study.sh``'s two arenas.
 
-    python -m safe_rlhf.analysis.steer_study runs/steerlm-study      # reads seed-*/arena_verbosity{0,4}/summary.json
+    python -m safe_rlhf.analysis.steer_study runs/steerlm-study    # seed-*/arena_[only_]verbosity{0,4}/summary.json
 
 Per SteerLM model and seed: the mean response length (tokens) and true helpfulness at verbosity 0 and 4, how much
 shorter the low-verbosity answers are (1 - len0 / len4) and the relative helpfulness difference (h0 - h4) / |h4|, and
@@ -21,9 +21,21 @@ COLUMNS = ("length_low", "length_high", "shorter", "helpfulness_low", "helpfulne
            "harm_low", "harm_high")  # fmt: skip
 
 
+ARENA_PAIRS = (("arena_verbosity0", "arena_verbosity4"), ("arena_only_verbosity0", "arena_only_verbosity4"))
+"""(low, high) arenas: every attribute requested, and verbosity alone (for a model conditioned on it alone)."""
+
+
 def seed_rows(seed_dir: Path) -> dict[str, dict[str, float]]:
-    low = json.loads((seed_dir / "arena_verbosity0" / "summary.json").read_text())["policies"]
-    high = json.loads((seed_dir / "arena_verbosity4" / "summary.json").read_text())["policies"]
+    rows = {}
+    for low_name, high_name in ARENA_PAIRS:
+        if (seed_dir / high_name / "summary.json").is_file():
+            rows.update(_pair_rows(seed_dir / low_name, seed_dir / high_name))
+    return rows
+
+
+def _pair_rows(low_dir: Path, high_dir: Path) -> dict[str, dict[str, float]]:
+    low = json.loads((low_dir / "summary.json").read_text())["policies"]
+    high = json.loads((high_dir / "summary.json").read_text())["policies"]
     rows = {}
     for policy in low:
         a, b = low[policy], high[policy]
