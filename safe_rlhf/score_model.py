@@ -180,12 +180,16 @@ def reward_attribute_weights(metadata: dict[str, Any], configured: list[float], 
 
     In order: ``configured`` (the recipe's ``reward_attribute_weights``), the weights recorded with the model
     (``score.attribute_weights`` at training), ``HELPSTEER_ATTRIBUTE_WEIGHTS`` when the model's attributes are
-    HelpSteer's five. Raises ConfigError (one line, naming the key) otherwise or on a count mismatch."""
+    HelpSteer's five. A multi-output model that is not a multi-attribute one (no regression objective, no attribute
+    names: a moderation model) keeps output 0 as the reward unless weights are configured. Raises ConfigError (one
+    line, naming the key) for a multi-attribute model without weights or on a count mismatch."""
     from safe_rlhf.config import ConfigError
 
     dim = int(metadata.get("score_dim", 1))
     names = list(metadata.get("attribute_names") or [])
-    if dim == 1 and not configured:
+    multi_attribute = metadata.get("objective") == "regression" or bool(names)
+    if not configured and (dim == 1 or not multi_attribute):
+        # one output, or several that are not attributes (a moderation model): the reward is output 0, as always
         return None
     if configured:
         if len(configured) != dim:

@@ -200,8 +200,8 @@ def test_ppo_with_a_five_attribute_helpsteer_reward_model_logs_each_attribute(tm
         combined = sum(w * a for w, a in zip(HELPSTEER_ATTRIBUTE_WEIGHTS, attributes))
         assert row["train/reward"] == pytest.approx(combined, rel=1e-4, abs=1e-5)
 
-    # Five outputs with unknown names and no weights: a one-line error naming the key, exit status 2.
-    unnamed = build_score_model(tmp_path / "unnamed_rm", "reward", score_dim=5)
+    # A five-attribute regression model with unnamed outputs and no weights: a one-line error naming the key.
+    unnamed = build_score_model(tmp_path / "unnamed_rm", "reward", score_dim=5, objective="regression")
     overrides = [*(o for o in ppo_inputs if not o.startswith("reward_model=")), f"reward_model={unnamed}",
                  f"output_dir={tmp_path / 'bad'}", "train.max_steps=1"]  # fmt: skip
     result = train_cli(overrides, config_name="ppo")

@@ -332,6 +332,8 @@ def test_reward_attribute_weights_precedence_by_hand():
         reward_attribute_weights(helpsteer, [1, 1], "rm")
     with pytest.raises(ConfigError, match=r"rm has 3 outputs \(a, b, c\) and no attribute weights recorded"):
         reward_attribute_weights({"score_dim": 3, "attribute_names": ["a", "b", "c"]}, [], "rm")
+    # several outputs that are not attributes (a moderation model): output 0, as before multi-attribute rewards
+    assert reward_attribute_weights({"score_dim": 21, "objective": "moderation"}, [], "rm") is None
 
 
 def test_regression_loss_weights_are_non_negative_and_separate_from_the_reward_weights():
