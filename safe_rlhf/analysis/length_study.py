@@ -10,13 +10,12 @@ cut. Writes ``summary.json`` and ``report.md`` into the study folder and prints 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
+
+from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
 
 BASELINE, REFERENCE = "sft", "ppo"
 COLUMNS = ("helpfulness_gain", "length_change", "reward_gain", "share_explained_by_length", "gain_kept", "length_cut")
@@ -58,64 +57,29 @@ def study_summary(root: Path) -> dict[str, Any]:
         for path in sorted(root.glob("seed-*"))
         if (path / "arena" / "summary.json").is_file()
     }
-    policies = list(dict.fromkeys(p for rows in per_seed.values() for p in rows))
-    mean: dict[str, dict[str, float]] = {}
-    spread: dict[str, dict[str, float]] = {}
-    for policy in policies:
-        for column in COLUMNS:
-            values = [rows[policy][column] for rows in per_seed.values() if column in rows.get(policy, {})]
-            if values:
-                mean.setdefault(policy, {})[column] = statistics.fmean(values)
-                spread.setdefault(policy, {})[column] = statistics.stdev(values) if len(values) > 1 else math.nan
-    meets = [
+    summary = study_over_seeds(per_seed, COLUMNS)
+    summary["meets_target"] = [
         policy
-        for policy, values in mean.items()
+        for policy, values in summary["mean"].items()
         if policy != REFERENCE
         and values.get("gain_kept", -math.inf) >= GAIN_KEPT_TARGET
         and values.get("length_cut", -math.inf) >= LENGTH_CUT_TARGET
     ]
-    return {"seeds": list(per_seed), "per_seed": per_seed, "mean": mean, "std": spread, "meets_target": meets}
+    return summary
 
 
 def report(summary: dict[str, Any]) -> str:
-    lines = [f"# Length interventions (seeds {', '.join(summary['seeds'])}), against SFT and plain PPO", "",
-             "| policy | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
-    for policy, values in summary["mean"].items():
-        cells = []
-        for column in COLUMNS:
-            if column in values:
-                std = summary["std"][policy][column]
-                cells.append(f"{values[column]:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}"))
-            else:
-                cells.append("")
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     targets = (
         f">= {GAIN_KEPT_TARGET:.0%} of PPO's helpfulness gain kept and >= {LENGTH_CUT_TARGET:.0%} of its length "
         "growth cut"
     )
-    lines += ["", f"Meeting {targets} (means): {', '.join(summary['meets_target']) or 'none'}", "", "Per seed:", ""]
-    for seed, rows in summary["per_seed"].items():
-        for policy, values in rows.items():
-            lines.append(
-                f"- seed {seed}, {policy}: " + ", ".join(f"{c} {values[c]:.3f}" for c in COLUMNS if c in values)
-            )
-    return "\n".join(lines) + "\n"
+    notes = [f"Meeting {targets} (means): {', '.join(summary['meets_target']) or 'none'}"]
+    return study_report("Length interventions, against SFT and plain PPO", summary, COLUMNS, notes)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m safe_rlhf.analysis.length_study", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("root", type=Path, help="the study folder (holds seed-*/arena/summary.json)")
-    args = parser.parse_args(argv)
-    if not any(args.root.glob("seed-*/arena/summary.json")):
-        print(f"error: no seed-*/arena/summary.json under {args.root}", file=sys.stderr)
-        raise SystemExit(2)
-    summary = study_summary(args.root)
-    (args.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = report(summary)
-    (args.root / "report.md").write_text(text)
-    print(text, end="")
+    study_cli(argv, "python -m safe_rlhf.analysis.length_study", __doc__ or "", "seed-*/arena/summary.json",
+              study_summary, report)  # fmt: skip
 
 
 if __name__ == "__main__":

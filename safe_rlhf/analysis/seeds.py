@@ -6,9 +6,13 @@ summaries (``summary.json`` of each ``seed-S`` directory: policy -> metrics) and
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import statistics
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 SEED_KEYS = ("true_helpfulness", "true_harm_rate", "true_harm_rate_risky", "unsafe_rate", "reward", "cost",
@@ -72,3 +76,67 @@ def helpfulness_harm_points(
             if harm is not None and helpfulness is not None:
                 points.setdefault(policy, []).append((seed, harm, helpfulness))
     return points
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Study tables: per seed, policy -> column -> value; reduced to mean and sample std (NaN for one seed)
+
+
+def study_over_seeds(
+    per_seed: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[str]
+) -> dict[str, Any]:
+    """``{"seeds", "per_seed", "mean", "std"}``: per policy and column, over the seeds that have the value."""
+    policies = list(dict.fromkeys(p for rows in per_seed.values() for p in rows))
+    mean: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, float]] = {}
+    for policy in policies:
+        for column in columns:
+            values = [rows[policy][column] for rows in per_seed.values() if column in rows.get(policy, {})]
+            if values:
+                mean.setdefault(policy, {})[column] = statistics.fmean(values)
+                spread.setdefault(policy, {})[column] = statistics.stdev(values) if len(values) > 1 else math.nan
+    return {"seeds": list(per_seed), "per_seed": dict(per_seed), "mean": mean, "std": spread}
+
+
+def study_report(title: str, summary: Mapping[str, Any], columns: Sequence[str], notes: Sequence[str] = ()) -> str:
+    """Markdown: one row per policy (mean ± std), the ``notes`` lines, then every seed's values."""
+    lines = [f"# {title} (seeds {', '.join(summary['seeds'])})", "",
+             "| policy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+    for policy, values in summary["mean"].items():
+        cells = []
+        for column in columns:
+            std = summary["std"][policy].get(column, math.nan)
+            cells.append(
+                "" if column not in values else f"{values[column]:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
+            )
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    lines += ["", *notes, *([""] if notes else []), "Per seed:", ""]
+    for seed, rows in summary["per_seed"].items():
+        for policy, values in rows.items():
+            lines.append(
+                f"- seed {seed}, {policy}: " + ", ".join(f"{c} {values[c]:.3f}" for c in columns if c in values)
+            )
+    return "\n".join(lines) + "\n"
+
+
+def study_cli(
+    argv: Sequence[str] | None,
+    prog: str,
+    doc: str,
+    marker: str,
+    summarize: Callable[[Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line every study summary shares: ROOT in, ``summary.json`` and ``report.md`` out (and printed);
+    exit status 2 with one line when ROOT holds no ``marker`` file."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    parser.add_argument("root", type=Path, help=f"the study folder (holds {marker})")
+    args = parser.parse_args(argv)
+    if not any(args.root.glob(marker)):
+        print(f"error: no {marker} under {args.root}", file=sys.stderr)
+        raise SystemExit(2)
+    summary = summarize(args.root)
+    (args.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = render(summary)
+    (args.root / "report.md").write_text(text)
+    print(text, end="")

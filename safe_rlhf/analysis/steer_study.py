@@ -9,13 +9,11 @@ the true harm rate at each. Writes ``summary.json`` and ``report.md`` into the s
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
+
+from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
 
 COLUMNS = ("length_low", "length_high", "shorter", "helpfulness_low", "helpfulness_high", "helpfulness_difference",
            "harm_low", "harm_high")  # fmt: skip
@@ -58,47 +56,16 @@ def study_summary(root: Path) -> dict[str, Any]:
         for path in sorted(root.glob("seed-*"))
         if (path / "arena_verbosity4" / "summary.json").is_file()
     }
-    policies = list(dict.fromkeys(p for rows in per_seed.values() for p in rows))
-    mean = {p: {c: statistics.fmean(rows[p][c] for rows in per_seed.values()) for c in COLUMNS} for p in policies}
-    spread = {
-        p: {c: statistics.stdev([rows[p][c] for rows in per_seed.values()]) if len(per_seed) > 1 else math.nan
-            for c in COLUMNS}
-        for p in policies
-    }  # fmt: skip
-    return {"seeds": list(per_seed), "per_seed": per_seed, "mean": mean, "std": spread}
+    return study_over_seeds(per_seed, COLUMNS)
 
 
 def report(summary: dict[str, Any]) -> str:
-    lines = [f"# SteerLM: requested verbosity 0 vs 4 (seeds {', '.join(summary['seeds'])})", "",
-             "| policy | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
-    for policy, values in summary["mean"].items():
-        cells = [
-            f"{values[c]:.3f}"
-            + ("" if math.isnan(summary["std"][policy][c]) else f" ± {summary['std'][policy][c]:.3f}")
-            for c in COLUMNS
-        ]
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed:", ""]
-    for seed, rows in summary["per_seed"].items():
-        for policy, values in rows.items():
-            lines.append(f"- seed {seed}, {policy}: " + ", ".join(f"{c} {values[c]:.3f}" for c in COLUMNS))
-    return "\n".join(lines) + "\n"
+    return study_report("SteerLM: requested verbosity 0 vs 4", summary, COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m safe_rlhf.analysis.steer_study", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("root", type=Path, help="the study folder (holds seed-*/arena_verbosity{0,4}/summary.json)")
-    args = parser.parse_args(argv)
-    if not any(args.root.glob("seed-*/arena_verbosity4/summary.json")):
-        print(f"error: no seed-*/arena_verbosity4/summary.json under {args.root}", file=sys.stderr)
-        raise SystemExit(2)
-    summary = study_summary(args.root)
-    (args.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = report(summary)
-    (args.root / "report.md").write_text(text)
-    print(text, end="")
+    study_cli(argv, "python -m safe_rlhf.analysis.steer_study", __doc__ or "", "seed-*/arena_verbosity4/summary.json",
+              study_summary, report)  # fmt: skip
 
 
 if __name__ == "__main__":

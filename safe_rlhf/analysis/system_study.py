@@ -10,13 +10,11 @@ Writes ``summary.json`` and ``report.md`` into the study folder and prints the r
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
+
+from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
 
 ARENAS = {"unseen": "arena_system_eval", "plain": "arena_eval_prompts", "authority": "arena_system_eval_authority"}
 COLUMNS = (
@@ -46,6 +44,9 @@ def seed_rows(seed_dir: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+COLUMN_NAMES = (*(c for c, _, _ in COLUMNS), "authority_minus_plain_harm")
+
+
 def study_summary(root: Path) -> dict[str, Any]:
     """``{"seeds": [...], "per_seed": {seed: rows}, "mean": {policy: {column: mean}}, "std": ...}``."""
     per_seed = {
@@ -53,55 +54,17 @@ def study_summary(root: Path) -> dict[str, Any]:
         for path in sorted(root.glob("seed-*"), key=lambda p: p.name)
         if path.is_dir()
     }
-    policies = list(dict.fromkeys(p for rows in per_seed.values() for p in rows))
-    columns = [c for c, _, _ in COLUMNS] + ["authority_minus_plain_harm"]
-    mean: dict[str, dict[str, float]] = {}
-    spread: dict[str, dict[str, float]] = {}
-    for policy in policies:
-        for column in columns:
-            values = [rows[policy][column] for rows in per_seed.values() if column in rows.get(policy, {})]
-            if values:
-                mean.setdefault(policy, {})[column] = statistics.fmean(values)
-                spread.setdefault(policy, {})[column] = statistics.stdev(values) if len(values) > 1 else math.nan
-    return {"seeds": list(per_seed), "per_seed": per_seed, "mean": mean, "std": spread}
+    return study_over_seeds(per_seed, COLUMN_NAMES)
 
 
 def report(summary: dict[str, Any]) -> str:
     """Markdown: one row per policy, mean +/- std over seeds, then the per-seed values."""
-    columns = [c for c, _, _ in COLUMNS] + ["authority_minus_plain_harm"]
-    lines = [f"# System-message study (seeds {', '.join(summary['seeds'])})", "",
-             "| policy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]  # fmt: skip
-    for policy, values in summary["mean"].items():
-        cells = []
-        for column in columns:
-            if column in values:
-                std = summary["std"][policy][column]
-                cells.append(f"{values[column]:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}"))
-            else:
-                cells.append("")
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed:", ""]
-    for seed, rows in summary["per_seed"].items():
-        for policy, values in rows.items():
-            text = ", ".join(f"{column} {values[column]:.3f}" for column in columns if column in values)
-            lines.append(f"- seed {seed}, {policy}: {text}")
-    return "\n".join(lines) + "\n"
+    return study_report("System-message study", summary, COLUMN_NAMES)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m safe_rlhf.analysis.system_study", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("root", type=Path, help="the study folder (holds seed-*/arena_*/summary.json)")
-    args = parser.parse_args(argv)
-    if not any(args.root.glob("seed-*/arena_*/summary.json")):
-        print(f"error: no seed-*/arena_*/summary.json under {args.root}", file=sys.stderr)
-        raise SystemExit(2)
-    summary = study_summary(args.root)
-    (args.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = report(summary)
-    (args.root / "report.md").write_text(text)
-    print(text, end="")
+    study_cli(argv, "python -m safe_rlhf.analysis.system_study", __doc__ or "", "seed-*/arena_*/summary.json",
+              study_summary, report)  # fmt: skip
 
 
 if __name__ == "__main__":
