@@ -21,34 +21,20 @@ OUT=${2:-runs/length-study}/seed-$SEED
 PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT/logs"
 
-stage() {  # stage NAME DONE_FILE MODULE ARGS...
-    local name=$1 done_file=$2 module=$3
-    shift 3
-    if [ -e "$done_file" ]; then
-        echo "$name: done before"
-        return
-    fi
-    echo "$name: $PYTHON -m $module $*"
-    local start=$SECONDS
-    "$PYTHON" -m "$module" "$@" >"$OUT/logs/$name.log" 2>&1 || {
-        echo "$name failed; see $OUT/logs/$name.log" >&2
-        tail -5 "$OUT/logs/$name.log" >&2
-        exit 1
-    }
-    echo "$name: $((SECONDS - start)) s"
-}
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 common=(seed="$SEED" logger=none)
-stage sft "$OUT/sft/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/sft" "${common[@]}"
+study_stage sft "$OUT/sft/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/sft" "${common[@]}"
 SFT=$OUT/sft/model
 declare -A rm_settings=([reward_model]="" [rm_balanced]="score.length_balance_bins=10"
                         [rm_random_negatives]="score.random_negative_fraction=0.5")
 for rm in reward_model rm_balanced rm_random_negatives; do
     # shellcheck disable=SC2086  # the setting is one word or none
-    stage "$rm" "$OUT/$rm/model/config.json" safe_rlhf.train --config-name reward_model output_dir="$OUT/$rm" \
+    study_stage "$rm" "$OUT/$rm/model/config.json" safe_rlhf.train --config-name reward_model output_dir="$OUT/$rm" \
         model.name_or_path="$SFT" "${common[@]}" ${rm_settings[$rm]}
 done
-stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
+study_stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
     output_dir="$OUT/cost_model" model.name_or_path="$SFT" "${common[@]}"
 
 declare -A ppo_settings=([ppo]="" [ppo_kl0.5]="ppo.kl_coeff=0.5" [ppo_length_penalty]="ppo.length_penalty_coeff=0.05"
@@ -67,14 +53,14 @@ for run in "${runs[@]}"; do
         ppo_rm_random_negatives) reward=$OUT/rm_random_negatives/model ;;
     esac
     # shellcheck disable=SC2086
-    stage "$run" "$OUT/$run/model/config.json" safe_rlhf.train --config-name ppo output_dir="$OUT/$run" \
+    study_stage "$run" "$OUT/$run/model/config.json" safe_rlhf.train --config-name ppo output_dir="$OUT/$run" \
         "${common[@]}" actor.name_or_path="$SFT" reward_model="$reward" cost_model="$OUT/cost_model/model" \
         ${ppo_settings[$run]:-}
     policies+=("+policies.${run//./p}=$OUT/$run/model")  # no dots in a policy name (hydra keys)
 done
-stage arena "$OUT/arena/summary.json" safe_rlhf.evaluate --config-name arena output_dir="$OUT/arena" \
+study_stage arena "$OUT/arena/summary.json" safe_rlhf.evaluate --config-name arena output_dir="$OUT/arena" \
     "${policies[@]}" baseline=sft seed="$SEED" reward_model="$OUT/reward_model/model" \
     cost_model="$OUT/cost_model/model"
-stage length_bias "$OUT/length_bias/summary.json" safe_rlhf.evaluate --config-name length_bias \
+study_stage length_bias "$OUT/length_bias/summary.json" safe_rlhf.evaluate --config-name length_bias \
     output_dir="$OUT/length_bias" reward_model="$OUT/reward_model/model" arena_dir="$OUT/arena" seed="$SEED"
 echo "summaries: $OUT/arena/summary.json $OUT/length_bias/summary.json"

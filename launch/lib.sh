@@ -264,3 +264,24 @@ launch_and_log() {
     fi
     return "$status"
 }
+
+# Studies (launch/*_study.sh): study_stage NAME DONE_FILE MODULE ARGS... runs "$PYTHON -m MODULE ARGS..." unless
+# DONE_FILE exists (a killed study continues where it stopped), its output in "$OUT/logs/NAME.log"; a failing stage
+# names its log, shows its last lines and stops the study with status 1.
+# shellcheck disable=SC2153  # PYTHON and OUT are the calling study's
+study_stage() {
+    local name=$1 done_file=$2 module=$3
+    shift 3
+    if [ -e "$done_file" ]; then
+        echo "$name: done before"
+        return
+    fi
+    echo "$name: $PYTHON -m $module $*"
+    local start=$SECONDS
+    "$PYTHON" -m "$module" "$@" >"$OUT/logs/$name.log" 2>&1 || {
+        echo "$name failed; see $OUT/logs/$name.log" >&2
+        tail -5 "$OUT/logs/$name.log" >&2
+        exit 1
+    }
+    echo "$name: $((SECONDS - start)) s"
+}

@@ -19,44 +19,30 @@ OUT=${2:-runs/steerlm-study}/seed-$SEED
 PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT/logs"
 
-stage() {  # stage NAME DONE_FILE MODULE ARGS...
-    local name=$1 done_file=$2 module=$3
-    shift 3
-    if [ -e "$done_file" ]; then
-        echo "$name: done before"
-        return
-    fi
-    echo "$name: $PYTHON -m $module $*"
-    local start=$SECONDS
-    "$PYTHON" -m "$module" "$@" >"$OUT/logs/$name.log" 2>&1 || {
-        echo "$name failed; see $OUT/logs/$name.log" >&2
-        tail -5 "$OUT/logs/$name.log" >&2
-        exit 1
-    }
-    echo "$name: $((SECONDS - start)) s"
-}
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 common=(seed="$SEED" logger=none)
 names="[helpfulness,correctness,coherence,complexity,verbosity]"
-stage steerlm "$OUT/steerlm/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/steerlm" \
+study_stage steerlm "$OUT/steerlm/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/steerlm" \
     "${common[@]}" data.train=toyworld:steer_sft data.steer_attributes="$names" data.max_length=96 train.epochs=12
-stage steerlm_verbosity "$OUT/steerlm_verbosity/model/config.json" safe_rlhf.train --config-name sft \
+study_stage steerlm_verbosity "$OUT/steerlm_verbosity/model/config.json" safe_rlhf.train --config-name sft \
     output_dir="$OUT/steerlm_verbosity" "${common[@]}" data.train=toyworld:steer_sft data.steer_attributes=[verbosity] \
     data.max_length=96 train.epochs=12
-stage attribute_model "$OUT/attribute_model/model/config.json" safe_rlhf.train --config-name reward_model \
+study_stage attribute_model "$OUT/attribute_model/model/config.json" safe_rlhf.train --config-name reward_model \
     output_dir="$OUT/attribute_model" model.name_or_path="$OUT/steerlm/model" "${common[@]}" \
     score.objective=regression score.score_dim=5 score.attribute_names="$names" data.train=toyworld:steer_sft \
     data.eval=toyworld:steer_test data.max_length=64
-stage label "$OUT/labelled_sft.jsonl" safe_rlhf.steer label --model "$OUT/attribute_model/model" \
+study_stage label "$OUT/labelled_sft.jsonl" safe_rlhf.steer label --model "$OUT/attribute_model/model" \
     --data toyworld:sft --out "$OUT/labelled_sft.jsonl"
-stage steerlm_labelled "$OUT/steerlm_labelled/model/config.json" safe_rlhf.train --config-name sft \
+study_stage steerlm_labelled "$OUT/steerlm_labelled/model/config.json" safe_rlhf.train --config-name sft \
     output_dir="$OUT/steerlm_labelled" "${common[@]}" data.train="helpsteer:$OUT/labelled_sft.jsonl" \
     data.steer_attributes="$names" data.max_length=96 train.epochs=12
-stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
+study_stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
     output_dir="$OUT/cost_model" model.name_or_path="$OUT/steerlm/model" "${common[@]}"
 for verbosity in 0 4; do
     request="{helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:$verbosity}"
-    stage "arena_verbosity$verbosity" "$OUT/arena_verbosity$verbosity/summary.json" safe_rlhf.evaluate \
+    study_stage "arena_verbosity$verbosity" "$OUT/arena_verbosity$verbosity/summary.json" safe_rlhf.evaluate \
         --config-name arena output_dir="$OUT/arena_verbosity$verbosity" "+policies.steerlm=$OUT/steerlm/model" \
         "+policies.steerlm_labelled=$OUT/steerlm_labelled/model" baseline=steerlm seed="$SEED" \
         reward_model="$OUT/attribute_model/model" cost_model="$OUT/cost_model/model" \
@@ -64,7 +50,7 @@ for verbosity in 0 4; do
 done
 # The model conditioned on verbosity alone, asked for verbosity alone (the same two values).
 for verbosity in 0 4; do
-    stage "arena_only_verbosity$verbosity" "$OUT/arena_only_verbosity$verbosity/summary.json" safe_rlhf.evaluate \
+    study_stage "arena_only_verbosity$verbosity" "$OUT/arena_only_verbosity$verbosity/summary.json" safe_rlhf.evaluate \
         --config-name arena output_dir="$OUT/arena_only_verbosity$verbosity" \
         "+policies.steerlm_verbosity=$OUT/steerlm_verbosity/model" baseline=steerlm_verbosity seed="$SEED" \
         reward_model="$OUT/attribute_model/model" cost_model="$OUT/cost_model/model" \

@@ -21,48 +21,34 @@ OUT=${2:-runs/system-study}/seed-$SEED
 PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT/logs"
 
-stage() {  # stage NAME DONE_FILE MODULE ARGS...
-    local name=$1 done_file=$2 module=$3
-    shift 3
-    if [ -e "$done_file" ]; then
-        echo "$name: done before"
-        return
-    fi
-    echo "$name: $PYTHON -m $module $*"
-    local start=$SECONDS
-    "$PYTHON" -m "$module" "$@" >"$OUT/logs/$name.log" 2>&1 || {
-        echo "$name failed; see $OUT/logs/$name.log" >&2
-        tail -5 "$OUT/logs/$name.log" >&2
-        exit 1
-    }
-    echo "$name: $((SECONDS - start)) s"
-}
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 common=(seed="$SEED" logger=none)
 for variant in varied generic; do
     data=toyworld:system_sft
     [ "$variant" = generic ] && data=toyworld:system_sft_generic
-    stage "sft_$variant" "$OUT/sft_$variant/model/config.json" safe_rlhf.train --config-name sft \
+    study_stage "sft_$variant" "$OUT/sft_$variant/model/config.json" safe_rlhf.train --config-name sft \
         output_dir="$OUT/sft_$variant" "${common[@]}" data.train="$data" data.max_length=96
 done
 SFT=$OUT/sft_varied/model
-stage reward_model "$OUT/reward_model/model/config.json" safe_rlhf.train --config-name reward_model \
+study_stage reward_model "$OUT/reward_model/model/config.json" safe_rlhf.train --config-name reward_model \
     output_dir="$OUT/reward_model" model.name_or_path="$SFT" "${common[@]}" \
     data.train=toyworld:system_preference data.eval=null data.eval_fraction=0.05 data.max_length=96
-stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
+study_stage cost_model "$OUT/cost_model/model/config.json" safe_rlhf.train --config-name cost_model \
     output_dir="$OUT/cost_model" model.name_or_path="$SFT" "${common[@]}"
 rl=(actor.name_or_path="$SFT" reward_model="$OUT/reward_model/model" cost_model="$OUT/cost_model/model"
     data.train=toyworld:system_prompts data.eval=toyworld:system_eval data.max_prompt_length=64
     data.validation_fraction=0.1 train.select_steps=10)
 # PPO-Lag with the budget over all prompts pooled, and with a second constraint, the same budget on the prompts whose
 # system message claims authority (lagrange.prompt_groups): E[unsafe | authority claim] <= 0.05 as well.
-stage ppo_lag_pooled "$OUT/ppo_lag_pooled/model/config.json" safe_rlhf.train --config-name ppo_lag \
+study_stage ppo_lag_pooled "$OUT/ppo_lag_pooled/model/config.json" safe_rlhf.train --config-name ppo_lag \
     output_dir="$OUT/ppo_lag_pooled" "${common[@]}" "${rl[@]}"
-stage ppo_lag "$OUT/ppo_lag/model/config.json" safe_rlhf.train --config-name ppo_lag \
+study_stage ppo_lag "$OUT/ppo_lag/model/config.json" safe_rlhf.train --config-name ppo_lag \
     output_dir="$OUT/ppo_lag" "${common[@]}" "${rl[@]}" 'lagrange.thresholds=[0.05,0.05]' \
     'lagrange.constraint_types=[rate,rate]' 'lagrange.cost_indices=[0,0]' \
     'lagrange.prompt_groups=[null,"system_kind=authority"]'
-stage dpo "$OUT/dpo/model/config.json" safe_rlhf.train --config-name dpo \
+study_stage dpo "$OUT/dpo/model/config.json" safe_rlhf.train --config-name dpo \
     output_dir="$OUT/dpo" model.name_or_path="$SFT" "${common[@]}" \
     data.train=toyworld:system_preference data.eval=null data.eval_fraction=0.05 data.max_length=96
 
@@ -70,7 +56,7 @@ policies=(+policies.sft_generic="$OUT/sft_generic/model" +policies.sft_varied="$
           +policies.ppo_lag_pooled="$OUT/ppo_lag_pooled/model" +policies.ppo_lag="$OUT/ppo_lag/model"
           +policies.dpo="$OUT/dpo/model")
 for eval_set in system_eval eval_prompts system_eval_authority; do
-    stage "arena_$eval_set" "$OUT/arena_$eval_set/summary.json" safe_rlhf.evaluate --config-name arena \
+    study_stage "arena_$eval_set" "$OUT/arena_$eval_set/summary.json" safe_rlhf.evaluate --config-name arena \
         output_dir="$OUT/arena_$eval_set" "${policies[@]}" baseline=sft_generic seed="$SEED" \
         reward_model="$OUT/reward_model/model" cost_model="$OUT/cost_model/model" \
         data.eval="toyworld:$eval_set" data.max_prompt_length=64
