@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
+from safe_rlhf.analysis.seeds import rows_by_seed, study_cli, study_over_seeds, study_report
 
 BASELINE, REFERENCE = "sft", "ppo"
 COLUMNS = ("helpfulness_gain", "length_change", "reward_gain", "share_explained_by_length", "gain_kept", "length_cut")
@@ -52,11 +52,7 @@ def seed_rows(seed_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def study_summary(root: Path) -> dict[str, Any]:
-    per_seed = {
-        path.name.removeprefix("seed-"): seed_rows(path)
-        for path in sorted(root.glob("seed-*"))
-        if (path / "arena" / "summary.json").is_file()
-    }
+    per_seed = rows_by_seed(root, seed_rows, "arena/summary.json")
     summary = study_over_seeds(per_seed, COLUMNS)
     summary["meets_target"] = [
         policy

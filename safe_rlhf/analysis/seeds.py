@@ -82,6 +82,17 @@ def helpfulness_harm_points(
 # Study tables: per seed, policy -> column -> value; reduced to mean and sample std (NaN for one seed)
 
 
+def rows_by_seed(
+    root: Path, seed_rows: Callable[[Path], dict[str, dict[str, float]]], marker: str
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``seed_rows(root/seed-S)`` for every ``seed-S`` folder of ``root`` holding ``marker``, keyed by ``S``."""
+    return {
+        path.name.removeprefix("seed-"): seed_rows(path)
+        for path in sorted(root.glob("seed-*"))
+        if path.is_dir() and any(path.glob(marker))
+    }
+
+
 def study_over_seeds(
     per_seed: Mapping[str, Mapping[str, Mapping[str, float]]], columns: Sequence[str]
 ) -> dict[str, Any]:

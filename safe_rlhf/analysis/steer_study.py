@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
+from safe_rlhf.analysis.seeds import rows_by_seed, study_cli, study_over_seeds, study_report
 
 COLUMNS = ("length_low", "length_high", "shorter", "helpfulness_low", "helpfulness_high", "helpfulness_difference",
            "harm_low", "harm_high")  # fmt: skip
@@ -51,11 +51,7 @@ def _pair_rows(low_dir: Path, high_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def study_summary(root: Path) -> dict[str, Any]:
-    per_seed = {
-        path.name.removeprefix("seed-"): seed_rows(path)
-        for path in sorted(root.glob("seed-*"))
-        if (path / "arena_verbosity4" / "summary.json").is_file()
-    }
+    per_seed = rows_by_seed(root, seed_rows, "arena_verbosity4/summary.json")
     return study_over_seeds(per_seed, COLUMNS)
 
 

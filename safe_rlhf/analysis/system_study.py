@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safe_rlhf.analysis.seeds import study_cli, study_over_seeds, study_report
+from safe_rlhf.analysis.seeds import rows_by_seed, study_cli, study_over_seeds, study_report
 
 ARENAS = {"unseen": "arena_system_eval", "plain": "arena_eval_prompts", "authority": "arena_system_eval_authority"}
 COLUMNS = (
@@ -49,11 +49,7 @@ COLUMN_NAMES = (*(c for c, _, _ in COLUMNS), "authority_minus_plain_harm")
 
 def study_summary(root: Path) -> dict[str, Any]:
     """``{"seeds": [...], "per_seed": {seed: rows}, "mean": {policy: {column: mean}}, "std": ...}``."""
-    per_seed = {
-        path.name.removeprefix("seed-"): seed_rows(path)
-        for path in sorted(root.glob("seed-*"), key=lambda p: p.name)
-        if path.is_dir()
-    }
+    per_seed = rows_by_seed(root, seed_rows, "arena_*/summary.json")
     return study_over_seeds(per_seed, COLUMN_NAMES)
 
 

@@ -740,9 +740,8 @@ class PPORecipe:
             local["cost"] = rollout.raw_costs[:, 0].mean()
             # The cost model's sign convention (> 0 unsafe) on the raw score, also when scores are normalized.
             local["unsafe_rate"] = (rollout.raw_costs[:, 0] > 0).float().mean()
-        if (
-            getattr(self, "reward_weights", None) is not None
-        ):  # each attribute of a multi-attribute reward model, before weighting
+        multi_attribute = getattr(self, "reward_weights", None) is not None
+        if multi_attribute:  # each attribute of a multi-attribute reward model, before weighting
             for k, name in enumerate(self.reward_attribute_names):
                 local[f"reward_{name}"] = rollout.reward_scores[:, k].mean()
         names = sorted(local)

@@ -3,9 +3,11 @@ hold different numbers of them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,16 +17,25 @@ from safe_rlhf.distributed import find_free_port
 REWARDS = {0: [1.0, 3.0], 1: [5.0, 7.0, 9.0]}  # 2 and 3 episodes
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+@contextlib.contextmanager
+def gloo_rank(rank: int, port: int) -> Iterator[None]:
+    """This process as rank ``rank`` of a 2-rank gloo group, for the body of the ``with``."""
     import torch.distributed as dist
-
-    from safe_rlhf.config import GenerationConfig, PPOConfig, PPOSettings
-    from safe_rlhf.recipes.ppo import PPORecipe
-    from safe_rlhf.recipes.rollout import batch_mean_std
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    from safe_rlhf.config import GenerationConfig, PPOConfig, PPOSettings
+    from safe_rlhf.recipes.ppo import PPORecipe
+    from safe_rlhf.recipes.rollout import batch_mean_std
+
+    with gloo_rank(rank, port):
         recipe = PPORecipe.__new__(PPORecipe)
         recipe.config = PPOConfig(
             recipe="ppo", ppo=PPOSettings(reward_scaling_clip=10.0), generation=GenerationConfig(no_eos_penalty=None)
@@ -40,8 +51,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         masked = batch_mean_std(rewards, mask)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump({"scaled": scaled.tolist(), "masked": list(masked)}, handle)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
@@ -65,16 +74,12 @@ GROUP_MEMBERS = {0: [[True, False], [True, False]], 1: [[True, True], [True, Tru
 
 
 def _grouped_worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
     from safe_rlhf.algorithms.lagrange import LagrangeMultiplier
     from safe_rlhf.config import LagrangeConfig, PPOConfig
     from safe_rlhf.recipes.ppo import PPORecipe
     from safe_rlhf.recipes.rollout import Rollout
 
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_rank(rank, port):
         recipe = PPORecipe.__new__(PPORecipe)
         recipe.config = PPOConfig(recipe="ppo_lag", lagrange=LagrangeConfig(
             thresholds=[0.5, 0.5], constraint_types=["rate", "rate"], cost_indices=[0, 0], mode="log", init=1.0,
@@ -99,8 +104,6 @@ def _grouped_worker(rank: int, port: int, out_dir: str) -> None:
             json.dump({"lambdas": lambdas, "cost_0": metrics["train/episode_cost_0"],
                        "cost_1": metrics["train/episode_cost_1"],
                        "window_1": recipe.multipliers[1].window_mean()}, handle)  # fmt: skip
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

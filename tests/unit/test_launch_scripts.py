@@ -174,6 +174,14 @@ def test_launcher_has_usage_header_and_strict_mode(script, stubs, stub_log, tmp_
     assert calls(stub_log) == []
 
 
+def recording_python(stubs: Path) -> Path:
+    """A ``python`` that records its arguments like the launcher stubs (the study scripts call "$PYTHON -m ...")."""
+    python = stubs / "python"
+    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
+    python.chmod(0o755)
+    return python
+
+
 def test_every_launcher_is_tested():
     studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh"}
     assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
@@ -183,9 +191,7 @@ def test_every_launcher_is_tested():
 
 
 def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, stub_log, tmp_path):
-    python = stubs / "python"
-    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
-    python.chmod(0o755)
+    python = recording_python(stubs)
     result = run_script(LAUNCH_DIR / "steerlm_study.sh", ["5", str(tmp_path / "study")],
                         script_env(stubs, stub_log, PYTHON=str(python)), tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -204,9 +210,7 @@ def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, 
 
 
 def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_log, tmp_path):
-    python = stubs / "python"
-    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
-    python.chmod(0o755)
+    python = recording_python(stubs)
     result = run_script(LAUNCH_DIR / "length_study.sh", ["4", str(tmp_path / "study")],
                         script_env(stubs, stub_log, PYTHON=str(python)), tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -233,9 +237,7 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
 
 
 def test_system_message_study_runs_its_stages_in_order_and_stops_on_a_failure(stubs, stub_log, tmp_path):
-    python = stubs / "python"
-    python.write_text(f"#!{sys.executable}\n{RECORDING_STUB}")
-    python.chmod(0o755)
+    python = recording_python(stubs)
     env = script_env(stubs, stub_log, PYTHON=str(python))
     result = run_script(LAUNCH_DIR / "system_message_study.sh", ["7", str(tmp_path / "study")], env, tmp_path)
     assert result.returncode == 0, result.stderr
