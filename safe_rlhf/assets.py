@@ -9,6 +9,17 @@ or let any config with ``model.name_or_path=tiny`` build them on first use into 
 (default cache ``~/.cache/safe_rlhf``). The result loads with plain ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``.
 
+The other common architectures are built the same way, from a tiny random config of their own Hugging Face class
+(the architecture matrix, docs/models.md)::
+
+    python -m safe_rlhf.assets --output DIR --architecture gpt2      # or mistral, qwen2, qwen3, gemma, gemma2, phi3,
+                                                                     # gpt_neox, opt, bloom
+    model.name_or_path=tiny-gpt2                                     # the same, built on first use into the cache
+
+Each gets the pad-token situation its real checkpoints have (``TINY_ARCHITECTURES``): GPT-2, GPT-NeoX and Mistral
+ship without a pad token, Qwen2/Qwen3 and Phi-3 with pad == eos, the others with a distinct one; the loaders add a
+pad token and resize the embeddings where needed (:func:`safe_rlhf.engines.load_tokenizer`).
+
 The tokenizer is byte-level BPE trained with ``tokenizers`` on a ~50 KB synthetic corpus (the toy world's language,
 fixed seed), specials ``<pad>``=0, ``<s>``=1, ``</s>``=2 (pad is distinct from eos, which PPO on language needs), left
 padding for generation, and a chat template. The default vocabulary is 1024, which makes every toy-world word one token
@@ -23,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +73,23 @@ def _corpus(seed: int, num_bytes: int) -> str:
     return template_words + "\n" + corpus_text(seed=seed, num_bytes=num_bytes)
 
 
+PAD_STYLES = ("distinct", "none", "eos")
+
+
 def build_tokenizer(
-    output_dir: str | Path, *, vocab_size: int = 1024, seed: int = 0, corpus_bytes: int = 50_000
+    output_dir: str | Path,
+    *,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    corpus_bytes: int = 50_000,
+    pad: str = "distinct",
 ) -> Path:
-    """Train a byte-level BPE tokenizer locally and save it as a Hugging Face tokenizer directory."""
+    """Train a byte-level BPE tokenizer locally and save it as a Hugging Face tokenizer directory.
+
+    ``pad`` reproduces the pad-token situations of real checkpoints: ``distinct`` (``<pad>`` = 0), ``none`` (no pad
+    token: GPT-2, Llama 3, Mistral) or ``eos`` (pad == eos: Qwen2, Phi-3). The vocabulary is the same in all three."""
+    if pad not in PAD_STYLES:
+        raise ValueError(f"pad={pad!r}: expected one of {', '.join(PAD_STYLES)}")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -78,9 +103,10 @@ def build_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(seed, corpus_bytes).splitlines(), trainer=trainer)
+    pad_token = {"distinct": PAD_TOKEN, "none": None, "eos": EOS_TOKEN}[pad]
     hf_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
+        pad_token=pad_token,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         padding_side="left",
@@ -89,6 +115,87 @@ def build_tokenizer(
     output_dir = Path(output_dir)
     hf_tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+@dataclass(frozen=True)
+class TinyArchitecture:
+    """How to build a tiny random model of one Hugging Face architecture.
+
+    ``config`` maps the common sizes to the architecture's own config keys; ``{hidden}``, ``{intermediate}``,
+    ``{layers}``, ``{heads}``, ``{positions}`` and ``{head_dim}`` are filled in. ``pad`` is the pad-token situation of
+    the real checkpoints (see :func:`build_tokenizer`)."""
+
+    model_type: str
+    config: dict[str, Any]
+    pad: str = "distinct"
+    why: str = ""
+
+
+_DECODER = {"hidden_size": "{hidden}", "intermediate_size": "{intermediate}", "num_hidden_layers": "{layers}",
+            "num_attention_heads": "{heads}", "max_position_embeddings": "{positions}"}  # fmt: skip
+TINY_ARCHITECTURES: dict[str, TinyArchitecture] = {
+    "llama": TinyArchitecture("llama", {**_DECODER, "num_key_value_heads": "{heads}", "tie_word_embeddings": False}),
+    "mistral": TinyArchitecture(
+        "mistral",
+        {**_DECODER, "num_key_value_heads": 2, "sliding_window": "{positions}"},
+        pad="none",
+        why="grouped-query attention, sliding window; Mistral ships without a pad token",
+    ),
+    "qwen2": TinyArchitecture(
+        "qwen2", {**_DECODER, "num_key_value_heads": 2}, pad="eos", why="q/k/v biases; Qwen2's pad is its eos"
+    ),
+    "qwen3": TinyArchitecture(
+        "qwen3",
+        {**_DECODER, "num_key_value_heads": 2, "head_dim": "{head_dim}"},
+        pad="eos",
+        why="q/k norms, explicit head_dim; pad == eos as in Qwen",
+    ),
+    "gemma": TinyArchitecture(
+        "gemma",
+        {**_DECODER, "num_key_value_heads": 1, "head_dim": "{head_dim}"},
+        why="multi-query attention, tied and scaled embeddings",
+    ),
+    "gemma2": TinyArchitecture(
+        "gemma2",
+        {**_DECODER, "num_key_value_heads": 2, "head_dim": "{head_dim}", "sliding_window": "{positions}"},
+        why="logit soft-capping, alternating sliding-window layers",
+    ),
+    "phi3": TinyArchitecture(
+        "phi3", {**_DECODER, "num_key_value_heads": "{heads}"}, pad="eos", why="fused qkv and gate/up projections"
+    ),
+    "gpt2": TinyArchitecture(
+        "gpt2",
+        {
+            "n_embd": "{hidden}",
+            "n_inner": "{intermediate}",
+            "n_layer": "{layers}",
+            "n_head": "{heads}",
+            "n_positions": "{positions}",
+        },
+        pad="none",
+        why="learned positions, Conv1D layers, tied embeddings, no pad token",
+    ),
+    "gpt_neox": TinyArchitecture(
+        "gpt_neox", {**_DECODER}, pad="none", why="parallel attention + MLP, partial rotary; Pythia has no pad token"
+    ),
+    "opt": TinyArchitecture(
+        "opt",
+        {
+            "hidden_size": "{hidden}",
+            "ffn_dim": "{intermediate}",
+            "num_hidden_layers": "{layers}",
+            "num_attention_heads": "{heads}",
+            "max_position_embeddings": "{positions}",
+            "word_embed_proj_dim": "{hidden}",
+        },
+        why="learned positions offset by 2, derived from the attention mask",
+    ),
+    "bloom": TinyArchitecture(
+        "bloom",
+        {"hidden_size": "{hidden}", "n_layer": "{layers}", "n_head": "{heads}"},
+        why="ALiBi (no position ids), embedding layer norm",
+    ),
+}
 
 
 def build_tiny_model(
@@ -101,46 +208,65 @@ def build_tiny_model(
     num_heads: int = 4,
     max_positions: int = 128,
     seed: int = 0,
+    architecture: str = "llama",
+    pad_token_id: int | None = 0,
 ) -> Path:
-    """Save a randomly initialised Llama-architecture causal LM (safetensors) into ``output_dir``."""
+    """Save a randomly initialised causal LM of ``architecture`` (a key of TINY_ARCHITECTURES; safetensors)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = LlamaConfig(
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}")
+    spec = TINY_ARCHITECTURES[architecture]
+    sizes = {"hidden": hidden_size, "intermediate": intermediate_size, "layers": num_layers, "heads": num_heads,
+             "positions": max_positions, "head_dim": hidden_size // num_heads}  # fmt: skip
+    values = {
+        key: (int(value.format(**sizes)) if isinstance(value, str) else value) for key, value in spec.config.items()
+    }
+    config = AutoConfig.for_model(
+        spec.model_type,
         vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions,
-        pad_token_id=0,
+        pad_token_id=pad_token_id,
         bos_token_id=1,
         eos_token_id=2,
-        attention_dropout=0.0,
-        tie_word_embeddings=False,
+        **values,
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config.pad_token_id = 0
+    model.generation_config.pad_token_id = pad_token_id
     model.generation_config.bos_token_id = 1
     model.generation_config.eos_token_id = 2
     model.save_pretrained(Path(output_dir), safe_serialization=True)
     return Path(output_dir)
 
 
-def build_tiny_assets(output_dir: str | Path, *, seed: int = 0, **model_kwargs: int) -> Path:
-    """Tokenizer and model in one directory, written to a temporary sibling and renamed, so a crash leaves nothing."""
+def build_tiny_assets(
+    output_dir: str | Path, *, seed: int = 0, architecture: str = "llama", pad: str | None = None, **model_kwargs: int
+) -> Path:
+    """Tokenizer and model in one directory, written to a temporary sibling and renamed, so a crash leaves nothing.
+
+    ``pad`` defaults to the architecture's own pad-token situation (TINY_ARCHITECTURES)."""
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r}: expected one of {', '.join(TINY_ARCHITECTURES)}")
+    pad = pad or TINY_ARCHITECTURES[architecture].pad
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
-        build_tokenizer(staging, seed=seed, vocab_size=model_kwargs.get("vocab_size", 1024))
-        build_tiny_model(staging, seed=seed, **model_kwargs)
+        build_tokenizer(staging, seed=seed, vocab_size=model_kwargs.get("vocab_size", 1024), pad=pad)
+        pad_token_id = {"distinct": 0, "none": None, "eos": 2}[pad]
+        if architecture != "llama" and "vocab_size" not in model_kwargs:
+            # As in real GPT-2, Llama 3 or OPT checkpoints: one embedding row per token and no spare row, so a pad
+            # token added at load time needs a resize. (The BPE trainer stops below 1024 on this small corpus; the
+            # tiny Llama keeps its 1024 rows, as it always had.)
+            from transformers import AutoTokenizer
+
+            model_kwargs = {**model_kwargs, "vocab_size": len(AutoTokenizer.from_pretrained(staging))}
+        build_tiny_model(staging, seed=seed, architecture=architecture, pad_token_id=pad_token_id, **model_kwargs)
         staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is a normal shared directory
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -215,6 +341,9 @@ def check_model_path(name_or_path: str, key: str | None = None) -> None:
         return
     if path.exists():
         raise ConfigError(f"{named}: is a file; give a Hugging Face model directory or a hub id")
+    if name_or_path.startswith(TINY_MODEL_ALIAS + "-") and tiny_alias_architecture(name_or_path) is None:
+        known = ", ".join(f"{TINY_MODEL_ALIAS}-{name.replace('_', '-')}" for name in TINY_ARCHITECTURES)
+        raise ConfigError(f"{named}: no such built-in tiny model (known: {TINY_MODEL_ALIAS}, {known})")
     if looks_like_local_path(name_or_path):
         raise ConfigError(
             f"{named}: no such model directory (hub ids look like ORG/NAME; '{TINY_MODEL_ALIAS}' is the built-in "
@@ -240,15 +369,26 @@ def from_pretrained(loader: Any, path: str, *, key: str | None = None, **kwargs:
 def resolve_model_path(name_or_path: str, key: str | None = None) -> str:
     """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); check the others (see
     :func:`check_model_path`) and pass them through."""
-    if name_or_path != TINY_MODEL_ALIAS:
+    architecture = tiny_alias_architecture(name_or_path)
+    if architecture is None:
         check_model_path(name_or_path, key)
         return name_or_path
-    target = cache_dir() / f"tiny-llama-v{TINY_ASSETS_VERSION}"
+    target = cache_dir() / f"tiny-{architecture.replace('_', '-')}-v{TINY_ASSETS_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "model.safetensors").exists():
-            build_tiny_assets(target)
+            build_tiny_assets(target, architecture=architecture)
     return str(target)
+
+
+def tiny_alias_architecture(name_or_path: str) -> str | None:
+    """``tiny`` -> "llama", ``tiny-gpt2`` -> "gpt2", ``tiny-gpt-neox`` -> "gpt_neox"; None for anything else."""
+    if name_or_path == TINY_MODEL_ALIAS:
+        return "llama"
+    if not name_or_path.startswith(TINY_MODEL_ALIAS + "-"):
+        return None
+    architecture = name_or_path[len(TINY_MODEL_ALIAS) + 1 :].replace("-", "_")
+    return architecture if architecture in TINY_ARCHITECTURES else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,10 +401,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--max-positions", type=int, default=128)
+    parser.add_argument("--architecture", choices=sorted(TINY_ARCHITECTURES), default="llama")
+    parser.add_argument("--pad", choices=PAD_STYLES, default=None, help="default: the architecture's own")
     args = parser.parse_args(argv)
     path = build_tiny_assets(
         args.output,
         seed=args.seed,
+        architecture=args.architecture,
+        pad=args.pad,
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,

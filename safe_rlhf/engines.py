@@ -81,8 +81,18 @@ class LoadedModel:
     zero3_context: Any = None
 
 
+ADDED_PAD_TOKEN = "<|pad|>"
+"""The pad token added to a tokenizer that has none, or whose pad is its eos (GPT-2, Llama 3, Mistral, Qwen2)."""
+VOCAB_MULTIPLE = 64
+"""An embedding that must grow (for the added pad token) grows to a multiple of this: matmuls over the vocabulary run
+on aligned shapes. The rows past the tokenizer are never produced: generation suppresses them
+(:func:`generation_suppressed_ids`), and nothing in the data refers to them."""
+
+
 def load_tokenizer(model_config: ModelConfig) -> Any:
-    """The tokenizer for ``model_config``, with a pad token distinct from eos (required for RLHF)."""
+    """The tokenizer for ``model_config``, with a pad token distinct from eos (required for RLHF: padding must not
+    hide where a sequence ends). One without a pad token, or whose pad is its eos, gets ``ADDED_PAD_TOKEN``; the
+    models loaded with it then need :func:`fit_vocabulary`."""
     from transformers import AutoTokenizer
 
     from safe_rlhf.assets import config_key_for, from_pretrained, resolve_model_path
@@ -91,16 +101,62 @@ def load_tokenizer(model_config: ModelConfig) -> Any:
     key = config_key_for(name, "model.tokenizer" if model_config.tokenizer else "model.name_or_path")
     path = resolve_model_path(name, key)
     tokenizer = from_pretrained(AutoTokenizer, path, key=key, trust_remote_code=model_config.trust_remote_code)
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"{key}={name}: the tokenizer has no eos token; responses could never end")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ConfigError(
-            f"tokenizer at {path} has pad_token_id={tokenizer.pad_token_id} and eos_token_id={tokenizer.eos_token_id}; "
-            "the pad token must exist and differ from eos (add a dedicated pad token to the tokenizer)"
-        )
+        tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+        if tokenizer.pad_token_id == tokenizer.eos_token_id:  # a tokenizer whose eos is literally "<|pad|>"
+            raise ConfigError(f"{key}={name}: eos is {ADDED_PAD_TOKEN}; give the tokenizer a distinct pad token")
     return tokenizer
 
 
-def load_causal_lm(model_config: ModelConfig, ds_config: dict[str, Any], settings: DeepSpeedConfig) -> LoadedModel:
-    """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (no full copy per rank)."""
+def embedding_rows(model: torch.nn.Module) -> int:
+    """Rows of the input embedding (the full count also when ZeRO-3 has partitioned the weight)."""
+    weight = model.get_input_embeddings().weight  # type: ignore[operator]
+    return int(weight.ds_shape[0]) if hasattr(weight, "ds_shape") else int(weight.shape[0])
+
+
+def fit_vocabulary(model: torch.nn.Module, tokenizer: Any) -> bool:
+    """Grow the embeddings (and a tied or untied output layer) when the tokenizer has more tokens than the model has
+    rows, e.g. after :func:`load_tokenizer` added a pad token; to a multiple of ``VOCAB_MULTIPLE``. Returns whether it
+    resized. Under ZeRO-3 (loaded inside HfDeepSpeedConfig) transformers gathers the partitioned rows to resize, and
+    the new rows start at the mean of the old ones (so the added pad is no likelier than an average token)."""
+    config = getattr(model, "config", None)
+    if config is not None:  # HF's sequence-classification pooling and generate() read it
+        config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
+    if embedding_rows(model) >= len(tokenizer):
+        return False
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=VOCAB_MULTIPLE)  # type: ignore[operator]
+    return True
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer: Any, where: str) -> None:
+    """ConfigError (one line) for a model with fewer token embeddings than the tokenizer has tokens: one trained with
+    another tokenizer would index past its embeddings (or, resized, score tokens it never saw)."""
+    rows = embedding_rows(model)
+    if rows < len(tokenizer):
+        raise ConfigError(
+            f"{where}: has {rows} token embeddings but the actor's tokenizer has {len(tokenizer)} tokens; train it "
+            "from the actor's model or tokenizer"
+        )
+
+
+def generation_suppressed_ids(tokenizer: Any, vocab_rows: int) -> list[int]:
+    """Token ids generation must never sample: the rows past the tokenizer (vocabulary padding) and a pad token that
+    safe-rlhf added (it means "nothing here", never a word). Empty for a model whose rows match its tokenizer."""
+    suppressed = list(range(len(tokenizer), vocab_rows))
+    if tokenizer.pad_token == ADDED_PAD_TOKEN:
+        suppressed.insert(0, int(tokenizer.pad_token_id))
+    return suppressed
+
+
+def load_causal_lm(
+    model_config: ModelConfig, ds_config: dict[str, Any], settings: DeepSpeedConfig, tokenizer: Any = None
+) -> LoadedModel:
+    """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (no full copy per rank). With
+    ``tokenizer``, the embeddings grow to fit it (:func:`fit_vocabulary`)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -115,6 +171,8 @@ def load_causal_lm(model_config: ModelConfig, ds_config: dict[str, Any], setting
         dtype=compute_dtype(settings),
         trust_remote_code=model_config.trust_remote_code,
     )
+    if tokenizer is not None:
+        fit_vocabulary(model, tokenizer)
     disable_dropout(model)
     if model_config.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -367,11 +367,11 @@ def is_training_config(values: dict[str, Any]) -> bool:
 def check_model_paths(values: dict[str, Any]) -> None:
     """Check every ``*.name_or_path`` / ``*.tokenizer`` of the config before the directory is touched, so that a typo
     in a model path fails in one line before train.overwrite=true deletes the earlier run (loaders check again)."""
-    from safe_rlhf.assets import TINY_MODEL_ALIAS, check_model_path
+    from safe_rlhf.assets import check_model_path, tiny_alias_architecture
 
     for key, value in flatten(values).items():
         if key.rsplit(".", 1)[-1] in ("name_or_path", "tokenizer") and isinstance(value, str) and value:
-            if value != TINY_MODEL_ALIAS:
+            if tiny_alias_architecture(value) is None:
                 check_model_path(value, key)
 
 

@@ -123,8 +123,8 @@ def token_scores(
         model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
             use_cache=False,
+            **position_kwargs(model, attention_mask),
         )
     finally:
         handle.remove()
@@ -138,6 +138,25 @@ def token_scores(
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L)
     """0, 1, 2, ... over real tokens (padding gets 0): what generation uses for left-padded prompts."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def position_kwargs(model: Any, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"position_ids": ...}`` for a model whose forward takes them; ``{}`` for one that derives positions from the
+    attention mask itself (Bloom's ALiBi), which then gets the same left-padding-invariant positions."""
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model
+    forward = getattr(module, "forward", None)
+    key = type(module)
+    if key not in _TAKES_POSITION_IDS:
+        import inspect
+
+        try:
+            _TAKES_POSITION_IDS[key] = "position_ids" in inspect.signature(forward).parameters  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            _TAKES_POSITION_IDS[key] = True
+    return {"position_ids": position_ids_from_mask(attention_mask)} if _TAKES_POSITION_IDS[key] else {}
+
+
+_TAKES_POSITION_IDS: dict[type, bool] = {}
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)

@@ -142,11 +142,12 @@ def _generate(args: argparse.Namespace) -> None:
 
     from safe_rlhf.config import ModelConfig
     from safe_rlhf.data import conversation, prompt_ids
-    from safe_rlhf.engines import load_tokenizer
+    from safe_rlhf.engines import embedding_rows, fit_vocabulary, generation_suppressed_ids, load_tokenizer
 
     request = parse_request(args.attributes)
     tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
     model = AutoModelForCausalLM.from_pretrained(args.model)
+    fit_vocabulary(model, tokenizer)
     model.eval()
     messages = steered_messages(conversation(args.prompt, system=args.system), request, request_order(request))
     ids = torch.tensor([prompt_ids(messages, tokenizer)])
@@ -160,6 +161,7 @@ def _generate(args: argparse.Namespace) -> None:
             temperature=args.temperature if args.temperature > 0 else None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=generation_suppressed_ids(tokenizer, embedding_rows(model)) or None,
         )
     print(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip())
 

@@ -213,7 +213,7 @@ class DPORecipe:
             trainable=False,
         )
         # The reference first: with precompute it is used and freed before the policy and its optimizer exist.
-        reference = engines.load_causal_lm(config.model, frozen_ds, config.deepspeed)
+        reference = engines.load_causal_lm(config.model, frozen_ds, config.deepspeed, self.tokenizer)
         self._keep_alive.append(reference.zero3_context)  # ZeRO-3: its HfDeepSpeedConfig must outlive the load
         self.reference = engines.frozen_engine(reference.model, frozen_ds)
         del reference  # the engine holds the model; nothing else may, so that freeing the engine frees it
@@ -229,7 +229,7 @@ class DPORecipe:
                 f"reference log-probs of {len(self.train_pairs)} + {len(self.eval_pairs)} pairs precomputed in "
                 f"{time.perf_counter() - started:.1f} s; reference model freed"
             )
-        policy = engines.load_causal_lm(config.model, train_ds, config.deepspeed)
+        policy = engines.load_causal_lm(config.model, train_ds, config.deepspeed, self.tokenizer)
         self._keep_alive.append(policy.zero3_context)
         self.engine = engines.trainable_engine(policy.model, train_ds, config.optim, self.total_steps, config.deepspeed)
         self.logger = create_logger(config, self.run_dir, self.total_steps, config.recipe)

@@ -300,16 +300,17 @@ class PPORecipe:
             if settings.zero_stage == 3:
                 self._keep_alive.append(HfDeepSpeedConfig(train_ds))
 
-        actor_loaded = engines.load_causal_lm(config.actor, train_ds, settings)
+        actor_loaded = engines.load_causal_lm(config.actor, train_ds, settings, self.tokenizer)
         self._keep_alive.append(actor_loaded)
         self.engines["actor"] = engines.trainable_engine(
             actor_loaded.model, train_ds, config.actor_optim, optimizer_steps, settings
         )
-        reference_loaded = engines.load_causal_lm(config.actor, frozen_ds, settings)
+        reference_loaded = engines.load_causal_lm(config.actor, frozen_ds, settings, self.tokenizer)
         self._keep_alive.append(reference_loaded)
         self.engines["reference"] = engines.frozen_engine(reference_loaded.model, frozen_ds)
         zero3_loading()
         reward_model = load_score_model(config.reward_model, dtype=dtype)
+        engines.check_vocabulary(reward_model, self.tokenizer, f"reward_model={config.reward_model}")
         engines.disable_dropout(reward_model)
         self._use_reward_model(reward_model)
         self.engines["reward_model"] = engines.frozen_engine(reward_model, frozen_ds)
@@ -322,6 +323,7 @@ class PPORecipe:
         )
         if config.cost_model:
             cost_model = load_score_model(config.cost_model, dtype=dtype)
+            engines.check_vocabulary(cost_model, self.tokenizer, f"cost_model={config.cost_model}")
             engines.disable_dropout(cost_model)
             self.cost_metadata = score_metadata(cost_model)
             self.engines["cost_model"] = engines.frozen_engine(cost_model, frozen_ds)
@@ -348,13 +350,14 @@ class PPORecipe:
         frozen_ds = engines.deepspeed_config(
             settings, micro_batch_size=config.train.micro_batch_size, gradient_accumulation_steps=1, trainable=False
         )
-        actor = engines.load_causal_lm(config.actor, frozen_ds, settings)
+        actor = engines.load_causal_lm(config.actor, frozen_ds, settings, self.tokenizer)
         self._keep_alive.append(actor)
         self.engines["actor"] = engines.frozen_engine(actor.model, frozen_ds)
         dtype = engines.compute_dtype(settings)
         for name, path in (("reward_model", config.reward_model), ("cost_model", config.cost_model)):
             if path:
                 model = load_score_model(path, dtype=dtype)
+                engines.check_vocabulary(model, self.tokenizer, f"{name}={path}")
                 engines.disable_dropout(model)
                 if name == "cost_model":
                     self.cost_metadata = score_metadata(model)
@@ -373,6 +376,14 @@ class PPORecipe:
         self.reward_attribute_names = list(self.reward_metadata.get("attribute_names") or [])[:dim] or [
             f"attribute_{k}" for k in range(dim)
         ]
+
+    @property
+    def suppressed_ids(self) -> list[int]:
+        """Ids never to sample: vocabulary padding and an added pad token (engines.generation_suppressed_ids)."""
+        if not hasattr(self, "_suppressed_ids"):
+            rows = engines.embedding_rows(self.engines["actor"].module)
+            self._suppressed_ids = engines.generation_suppressed_ids(self.tokenizer, rows)
+        return self._suppressed_ids
 
     def trainable_engines(self) -> dict[str, Any]:
         return {name: self.engines[name] for name in ("actor", "reward_critic", "cost_critic") if name in self.engines}
@@ -400,6 +411,7 @@ class PPORecipe:
             zero_stage=self.config.deepspeed.zero_stage,
             gather=generation.gather_weights,
             world_size=distributed.world_size(),
+            suppress_tokens=self.suppressed_ids,
         )
         return truncate_after_eos(
             sequences,

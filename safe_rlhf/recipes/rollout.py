@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from safe_rlhf.score_model import position_ids_from_mask
+from safe_rlhf.score_model import position_kwargs
 
 
 @dataclass
@@ -179,9 +179,7 @@ def policy_logits(
     attention_mask: torch.Tensor,  # (B, L)
     temperature: float,
 ) -> torch.Tensor:  # (B, L-1, V) next-token logits at positions 0..L-2, divided by the temperature
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **position_kwargs(model, attention_mask)).logits
     return logits[:, :-1] / temperature
 
 
@@ -254,6 +252,7 @@ def sample_responses(
     zero_stage: int,
     gather: bool,
     world_size: int,
+    suppress_tokens: list[int] | None = None,
 ) -> torch.Tensor:  # (B, P + T)
     """Sample one response per prompt. No position_ids are passed: generate derives them from the attention mask."""
     # Ranks must step together under ZeRO-3 unless the weights are gathered (no collectives inside forward then).
@@ -271,4 +270,6 @@ def sample_responses(
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             synced_gpus=synced,
+            # vocabulary padding and an added pad token: never sampled (engines.generation_suppressed_ids)
+            suppress_tokens=suppress_tokens or None,
         )

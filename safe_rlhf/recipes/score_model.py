@@ -203,6 +203,7 @@ class ScoreModelRecipe:
             trust_remote_code=config.model.trust_remote_code,
             new_head=True,
         )
+        engines.fit_vocabulary(model, self.tokenizer)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         engines.disable_dropout(model)
         if config.model.gradient_checkpointing:

@@ -104,7 +104,7 @@ class SFTRecipe:
             micro_batch_size=config.train.micro_batch_size,
             gradient_accumulation_steps=self.schedule.gradient_accumulation_steps,
         )
-        self.loaded = engines.load_causal_lm(config.model, ds_config, config.deepspeed)
+        self.loaded = engines.load_causal_lm(config.model, ds_config, config.deepspeed, self.tokenizer)
         self.engine = engines.trainable_engine(
             self.loaded.model, ds_config, config.optim, self.total_steps, config.deepspeed
         )
