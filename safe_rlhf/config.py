@@ -38,6 +38,27 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) instead of full fine-tuning: see safe_rlhf/lora.py and docs/models.md."""
+
+    # Train adapters on this model; its base weights stay frozen (and serve as the PPO / DPO reference policy).
+    enabled: bool = False
+    # Rank r of each adapter (B: out x r, A: r x in).
+    rank: int = 8
+    # The adapter's output is scaled by alpha / rank.
+    alpha: int = 16
+    # Module names to adapt; ["all-linear"] = every linear layer except the output layer (and a score model's head,
+    # which is trained in full).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def __post_init__(self) -> None:
+        _positive("lora.rank", self.rank)
+        _positive("lora.alpha", self.alpha)
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty; give module names or [all-linear]")
+
+
+@dataclass
 class ModelConfig:
     """Which pretrained model to start from and how to load it."""
 
@@ -49,6 +70,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Recompute activations in the backward pass to save memory (large models).
     gradient_checkpointing: bool = False
+    # LoRA adapters instead of full fine-tuning (trainable models only).
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -676,6 +699,10 @@ class PPOConfig:
     critic_optim: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(lr=5e-4, scheduler="constant", warmup_ratio=0.0)
     )
+    # LoRA for both critics (the actor's is actor.lora); the critics keep their heads trainable in full.
+    critic_lora: LoraConfig = field(default_factory=LoraConfig)
+    # Recompute the critics' activations in the backward pass (the actor's is actor.gradient_checkpointing).
+    critic_gradient_checkpointing: bool = False
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from safe_rlhf import distributed
-from safe_rlhf.config import ConfigError, DeepSpeedConfig, ModelConfig, OptimizerConfig
+from safe_rlhf.config import ConfigError, DeepSpeedConfig, LoraConfig, ModelConfig, OptimizerConfig
 
 
 class CheckpointError(RuntimeError):
@@ -153,10 +153,16 @@ def generation_suppressed_ids(tokenizer: Any, vocab_rows: int) -> list[int]:
 
 
 def load_causal_lm(
-    model_config: ModelConfig, ds_config: dict[str, Any], settings: DeepSpeedConfig, tokenizer: Any = None
+    model_config: ModelConfig,
+    ds_config: dict[str, Any],
+    settings: DeepSpeedConfig,
+    tokenizer: Any = None,
+    *,
+    trainable: bool = False,
 ) -> LoadedModel:
     """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (no full copy per rank). With
-    ``tokenizer``, the embeddings grow to fit it (:func:`fit_vocabulary`)."""
+    ``tokenizer``, the embeddings grow to fit it (:func:`fit_vocabulary`). A ``trainable`` model gets the config's
+    gradient checkpointing and LoRA adapters (:func:`prepare_trainable`)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -174,9 +180,25 @@ def load_causal_lm(
     if tokenizer is not None:
         fit_vocabulary(model, tokenizer)
     disable_dropout(model)
-    if model_config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if trainable:
+        model = prepare_trainable(model, model_config.lora, model_config.gradient_checkpointing)
     return LoadedModel(model=model, zero3_context=context)
+
+
+def prepare_trainable(
+    model: torch.nn.Module, lora: LoraConfig, gradient_checkpointing: bool, *, score_model: bool = False
+) -> torch.nn.Module:
+    """Gradient checkpointing and LoRA adapters, as configured, on a model about to be trained (call after
+    :func:`fit_vocabulary`: the adapters wrap the final layers). Returns the model to hand to the engine."""
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing: correct with frozen inputs (LoRA's frozen embeddings) and with ZeRO-3.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    if lora.enabled:
+        from safe_rlhf.lora import apply_lora, trainable_summary
+
+        model = apply_lora(model, lora, score_model=score_model)
+        distributed.print0(trainable_summary(model))
+    return model
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -538,6 +560,8 @@ def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Ten
 
 def export_hf(engine: Any, tokenizer: Any, output_dir: str | Path, zero_stage: int) -> Path:
     """Write a Hugging Face directory (safetensors) that plain ``from_pretrained`` loads; all ranks must call this."""
+    from safe_rlhf.lora import base_model, is_lora, lora_scalings, merge_lora_state_dict
+
     output_dir = Path(output_dir)
     state = consolidated_state_dict(engine, zero_stage)
     if distributed.is_main_process():
@@ -546,6 +570,9 @@ def export_hf(engine: Any, tokenizer: Any, output_dir: str | Path, zero_stage: i
         if staging.exists():
             shutil.rmtree(staging)
         module = engine.module
+        if is_lora(module):  # adapters merged: a plain Hugging Face model, loadable without peft
+            state = merge_lora_state_dict(state, lora_scalings(module))
+            module = base_model(module)
         module.save_pretrained(staging, state_dict=state, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

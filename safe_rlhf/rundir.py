@@ -63,6 +63,7 @@ SAFE_TO_CHANGE = (
     "train.inject_nonfinite_steps",  # fault injection for tests: resuming without the fault is the point
     "deepspeed.overlap_comm",  # the same gradient reduction, overlapped with the backward pass or not
     "*.gradient_checkpointing",  # the same activations, recomputed instead of stored
+    "critic_gradient_checkpointing",
 )
 _ABSENT = "<absent>"
 _MAX_LISTED_CHANGES = 10

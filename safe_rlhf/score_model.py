@@ -144,6 +144,8 @@ def position_kwargs(model: Any, attention_mask: torch.Tensor) -> dict[str, torch
     """``{"position_ids": ...}`` for a model whose forward takes them; ``{}`` for one that derives positions from the
     attention mask itself (Bloom's ALiBi), which then gets the same left-padding-invariant positions."""
     module = getattr(model, "module", model)  # a DeepSpeed engine's model
+    if hasattr(module, "get_base_model"):  # peft's wrapper takes **kwargs and passes them on to the model
+        module = module.get_base_model()
     forward = getattr(module, "forward", None)
     key = type(module)
     if key not in _TAKES_POSITION_IDS:

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from safe_rlhf import distributed, engines
+from safe_rlhf import distributed, engines, memory
 from safe_rlhf.algorithms import dpo_loss, safe_dpo_loss, safe_dpo_pairs, sequence_log_probs
 from safe_rlhf.config import DPOConfig
 from safe_rlhf.logger import write_run_files
@@ -212,26 +212,43 @@ class DPORecipe:
             gradient_accumulation_steps=1,
             trainable=False,
         )
-        # The reference first: with precompute it is used and freed before the policy and its optimizer exist.
-        reference = engines.load_causal_lm(config.model, frozen_ds, config.deepspeed, self.tokenizer)
-        self._keep_alive.append(reference.zero3_context)  # ZeRO-3: its HfDeepSpeedConfig must outlive the load
-        self.reference = engines.frozen_engine(reference.model, frozen_ds)
-        del reference  # the engine holds the model; nothing else may, so that freeing the engine frees it
+        self.peak_memory = memory.PeakMemory.started()
+        if config.model.lora.enabled:
+            # LoRA: the policy with its adapters disabled is the reference; no second copy is loaded.
+            self._setup_policy(train_ds)
+            distributed.print0("reference policy: the policy's frozen base (LoRA adapters disabled), no second copy")
+        else:
+            # The reference first: with precompute it is used and freed before the policy and its optimizer exist.
+            reference = engines.load_causal_lm(config.model, frozen_ds, config.deepspeed, self.tokenizer)
+            self._keep_alive.append(reference.zero3_context)  # ZeRO-3: its HfDeepSpeedConfig must outlive the load
+            self.reference = engines.frozen_engine(reference.model, frozen_ds)
+            del reference  # the engine holds the model; nothing else may, so that freeing the engine frees it
         if config.dpo.precompute_reference:
             started = time.perf_counter()
             self.reference_cache = {
                 "train": self._reference_table(self.train_pairs),
                 "eval": self._reference_table(self.eval_pairs),
             }
-            self.reference.destroy()
-            self.reference = None
+            if self.reference is not None:
+                self.reference.destroy()
+                self.reference = None
             distributed.print0(
                 f"reference log-probs of {len(self.train_pairs)} + {len(self.eval_pairs)} pairs precomputed in "
                 f"{time.perf_counter() - started:.1f} s; reference model freed"
             )
-        policy = engines.load_causal_lm(config.model, train_ds, config.deepspeed, self.tokenizer)
-        self._keep_alive.append(policy.zero3_context)
-        self.engine = engines.trainable_engine(policy.model, train_ds, config.optim, self.total_steps, config.deepspeed)
+        if self.engine is None:
+            self._setup_policy(train_ds)
+        models = {"policy": (self.engine, True)}
+        if self.reference is not None:
+            models["reference"] = (self.reference, False)
+        self.memory_estimates = memory.announce(
+            models,
+            config.deepspeed,
+            world_size=distributed.world_size(),
+            micro_batch_size=2 * config.train.micro_batch_size,  # chosen and rejected in one forward
+            sequence_length=config.data.max_length,
+            checkpointing={"policy": config.model.gradient_checkpointing},
+        )
         self.logger = create_logger(config, self.run_dir, self.total_steps, config.recipe)
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
         if checkpoint is not None:
@@ -239,6 +256,12 @@ class DPORecipe:
             self.step = int(state["step"])
             self.logger.advance(self.step)
             self.logger.message(f"resumed from {checkpoint} at step {self.step}")
+
+    def _setup_policy(self, train_ds: dict[str, Any]) -> None:
+        config = self.config
+        policy = engines.load_causal_lm(config.model, train_ds, config.deepspeed, self.tokenizer, trainable=True)
+        self._keep_alive.append(policy.zero3_context)
+        self.engine = engines.trainable_engine(policy.model, train_ds, config.optim, self.total_steps, config.deepspeed)
 
     def _setup_data(self) -> None:
         config, data = self.config, self.config.data
@@ -302,11 +325,21 @@ class DPORecipe:
         return chosen, rejected
 
     @torch.no_grad()
+    def _reference_model_log_probs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference model's (chosen, rejected) log-probs: the frozen engine, or the LoRA policy's base."""
+        if self.reference is not None:
+            return self._log_probs(self.reference, batch)
+        from safe_rlhf.lora import adapters_disabled
+
+        with adapters_disabled(self.engine):
+            return self._log_probs(self.engine, batch)
+
+    @torch.no_grad()
     def _reference_log_probs(self, split: str, ids: list[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Step 3: the reference's (chosen, rejected) log-probs, (B, 2), from the cache or the frozen engine."""
         if self.reference_cache:
             return self.reference_cache[split][ids].to(self.device)
-        chosen, rejected = self._log_probs(self.reference, batch)
+        chosen, rejected = self._reference_model_log_probs(batch)
         return torch.stack([chosen, rejected], dim=1).float()
 
     @torch.no_grad()
@@ -319,7 +352,7 @@ class DPORecipe:
         batches, needed = self._rank_batches(len(pairs))
         for index in range(needed):
             ids = batches[index] if index < len(batches) else [0]  # a rank with fewer pairs repeats pair 0
-            chosen, rejected = self._log_probs(self.reference, self._collate([pairs[i] for i in ids]))
+            chosen, rejected = self._reference_model_log_probs(self._collate([pairs[i] for i in ids]))
             if index < len(batches):
                 table[ids] = torch.stack([chosen, rejected], dim=1).double().cpu()
         return distributed.all_reduce_sum(table) if distributed.world_size() > 1 else table
@@ -480,6 +513,7 @@ class DPORecipe:
         try:
             self.setup()
             self.train()
+            memory.report_peak(self.memory_estimates, self.peak_memory, self.run_dir)
             if self.config.train.export and not self.preempted:
                 self.export()
             self.logger.close()

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from safe_rlhf import distributed, engines
+from safe_rlhf import distributed, engines, memory
 from safe_rlhf.algorithms import (
     LagrangeMultiplier,
     clipped_value_loss,
@@ -300,14 +300,18 @@ class PPORecipe:
             if settings.zero_stage == 3:
                 self._keep_alive.append(HfDeepSpeedConfig(train_ds))
 
-        actor_loaded = engines.load_causal_lm(config.actor, train_ds, settings, self.tokenizer)
+        self.peak_memory = memory.PeakMemory.started()
+        actor_loaded = engines.load_causal_lm(config.actor, train_ds, settings, self.tokenizer, trainable=True)
         self._keep_alive.append(actor_loaded)
         self.engines["actor"] = engines.trainable_engine(
             actor_loaded.model, train_ds, config.actor_optim, optimizer_steps, settings
         )
-        reference_loaded = engines.load_causal_lm(config.actor, frozen_ds, settings, self.tokenizer)
-        self._keep_alive.append(reference_loaded)
-        self.engines["reference"] = engines.frozen_engine(reference_loaded.model, frozen_ds)
+        if config.actor.lora.enabled:
+            distributed.print0("reference policy: the actor's frozen base (LoRA adapters disabled), no second copy")
+        else:
+            reference_loaded = engines.load_causal_lm(config.actor, frozen_ds, settings, self.tokenizer)
+            self._keep_alive.append(reference_loaded)
+            self.engines["reference"] = engines.frozen_engine(reference_loaded.model, frozen_ds)
         zero3_loading()
         reward_model = load_score_model(config.reward_model, dtype=dtype)
         engines.check_vocabulary(reward_model, self.tokenizer, f"reward_model={config.reward_model}")
@@ -318,6 +322,9 @@ class PPORecipe:
         multi_output = int(self.reward_metadata.get("score_dim", 1)) != 1
         reward_critic = load_score_model(config.reward_model, score_dim=1, dtype=dtype, new_head=multi_output)
         engines.disable_dropout(reward_critic)
+        reward_critic = engines.prepare_trainable(
+            reward_critic, config.critic_lora, config.critic_gradient_checkpointing, score_model=True
+        )
         self.engines["reward_critic"] = engines.trainable_engine(
             reward_critic, train_ds, config.critic_optim, optimizer_steps, settings
         )
@@ -336,9 +343,23 @@ class PPORecipe:
             fresh_head = int(self.cost_metadata.get("score_dim", 1)) != count
             cost_critic = load_score_model(config.cost_model, score_dim=count, dtype=dtype, new_head=fresh_head)
             engines.disable_dropout(cost_critic)
+            cost_critic = engines.prepare_trainable(
+                cost_critic, config.critic_lora, config.critic_gradient_checkpointing, score_model=True
+            )
             self.engines["cost_critic"] = engines.trainable_engine(
                 cost_critic, train_ds, config.critic_optim, optimizer_steps, settings
             )
+        trainable = set(self.trainable_engines())
+        critic_checkpointing = config.critic_gradient_checkpointing
+        self.memory_estimates = memory.announce(
+            {name: (engine, name in trainable) for name, engine in self.engines.items()},
+            settings,
+            world_size=distributed.world_size(),
+            micro_batch_size=config.train.micro_batch_size,
+            sequence_length=config.data.max_prompt_length + config.generation.max_new_tokens,
+            checkpointing={"actor": config.actor.gradient_checkpointing, "reward_critic": critic_checkpointing,
+                           "cost_critic": critic_checkpointing},
+        )  # fmt: skip
 
     def setup_for_evaluation(self) -> None:
         """Only what answering and scoring prompts needs: the actor (frozen), the reward and cost models."""
@@ -489,6 +510,20 @@ class PPORecipe:
     def _micro_batches(self, size: int, total: int) -> list[slice]:
         return [slice(start, start + size) for start in range(0, total, size)]
 
+    def reference_log_probs(
+        self,
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor,  # (B, L)
+        temperature: float,
+    ) -> torch.Tensor:  # (B, L-1)
+        """The reference policy's log-probs: the frozen reference engine, or a LoRA actor with its adapters off."""
+        if "reference" in self.engines:
+            return policy_log_probs(self.engines["reference"], input_ids, attention_mask, temperature)
+        from safe_rlhf.lora import adapters_disabled
+
+        with adapters_disabled(self.engines["actor"]):
+            return policy_log_probs(self.engines["actor"], input_ids, attention_mask, temperature)
+
     @torch.no_grad()
     def make_rollout(self, prompt_chunks: list[list[Any]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
         """Steps 1-4 of an iteration on this rank's prompts (one list per micro-batch): one rollout-batch record."""
@@ -527,9 +562,7 @@ class PPORecipe:
         old_log_probs = torch.cat(
             per_micro_batch(lambda i, m: policy_log_probs(self.engines["actor"], i, m, temperature))
         )
-        ref_log_probs = torch.cat(
-            per_micro_batch(lambda i, m: policy_log_probs(self.engines["reference"], i, m, temperature))
-        )
+        ref_log_probs = torch.cat(per_micro_batch(lambda i, m: self.reference_log_probs(i, m, temperature)))
         reward_values = torch.cat(
             per_micro_batch(lambda i, m: token_scores(self.engines["reward_critic"], i, m)[:, :-1, 0])
         )
@@ -999,6 +1032,7 @@ class PPORecipe:
         try:
             self.setup()
             self.train()
+            memory.report_peak(self.memory_estimates, self.peak_memory, self.run_dir)
             if not self.preempted:
                 final = self.evaluate(write=True)
                 if final:

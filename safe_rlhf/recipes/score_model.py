@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from safe_rlhf import distributed, engines
+from safe_rlhf import distributed, engines, memory
 from safe_rlhf.algorithms import (
     balanced_pos_weight,
     cost_model_loss,
@@ -196,6 +196,7 @@ class ScoreModelRecipe:
 
         # Kept referenced: under ZeRO-3 it makes from_pretrained partition the weights while loading.
         self.zero3_context = HfDeepSpeedConfig(ds_config) if config.deepspeed.zero_stage == 3 else None
+        self.peak_memory = memory.PeakMemory.started()
         model = load_score_model(
             config.model.name_or_path,
             score_dim=self.score_dim,
@@ -206,9 +207,18 @@ class ScoreModelRecipe:
         engines.fit_vocabulary(model, self.tokenizer)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         engines.disable_dropout(model)
-        if config.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        model = engines.prepare_trainable(
+            model, config.model.lora, config.model.gradient_checkpointing, score_model=True
+        )
         self.engine = engines.trainable_engine(model, ds_config, config.optim, self.total_steps, config.deepspeed)
+        self.memory_estimates = memory.announce(
+            {"score_model": (self.engine, True)},
+            config.deepspeed,
+            world_size=distributed.world_size(),
+            micro_batch_size=2 * config.train.micro_batch_size,  # a pair is two sequences
+            sequence_length=config.data.max_length,
+            checkpointing={"score_model": config.model.gradient_checkpointing},
+        )
         self.logger = create_logger(config, self.run_dir, self.total_steps, config.recipe)
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
         if checkpoint is not None:
@@ -620,6 +630,7 @@ class ScoreModelRecipe:
         try:
             self.setup()
             self.train()
+            memory.report_peak(self.memory_estimates, self.peak_memory, self.run_dir)
             if not self.preempted:
                 self.final_evaluation()
                 if self.config.train.export:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from safe_rlhf import distributed, engines
+from safe_rlhf import distributed, engines, memory
 from safe_rlhf.algorithms.sft import sft_loss_sum
 from safe_rlhf.config import SFTConfig
 from safe_rlhf.logger import write_run_files
@@ -104,9 +104,18 @@ class SFTRecipe:
             micro_batch_size=config.train.micro_batch_size,
             gradient_accumulation_steps=self.schedule.gradient_accumulation_steps,
         )
-        self.loaded = engines.load_causal_lm(config.model, ds_config, config.deepspeed, self.tokenizer)
+        self.peak_memory = memory.PeakMemory.started()
+        self.loaded = engines.load_causal_lm(config.model, ds_config, config.deepspeed, self.tokenizer, trainable=True)
         self.engine = engines.trainable_engine(
             self.loaded.model, ds_config, config.optim, self.total_steps, config.deepspeed
+        )
+        self.memory_estimates = memory.announce(
+            {"policy": (self.engine, True)},
+            config.deepspeed,
+            world_size=distributed.world_size(),
+            micro_batch_size=config.train.micro_batch_size,
+            sequence_length=config.data.max_length,
+            checkpointing={"policy": config.model.gradient_checkpointing},
         )
         self.logger = create_logger(config, self.run_dir, self.total_steps, "sft")
         checkpoint = engines.find_checkpoint(config.train.resume, self.run_dir)
@@ -266,6 +275,7 @@ class SFTRecipe:
         try:
             self.setup()
             self.train()
+            memory.report_peak(self.memory_estimates, self.peak_memory, self.run_dir)
             if self.config.train.export and not self.preempted:
                 self.export()
             self.logger.close()
