@@ -183,11 +183,33 @@ def recording_python(stubs: Path) -> Path:
 
 
 def test_every_launcher_is_tested():
-    studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh"}
+    studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh", "lora_study.sh"}
     assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
 
 
 # ---- the study scripts (not launchers: their stages are python -m calls, recorded by a stub python)
+
+
+def test_lora_study_compares_lora_and_full_ppo_lag_on_the_same_models(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    result = run_script(LAUNCH_DIR / "lora_study.sh", ["3", str(tmp_path / "study")],
+                        script_env(stubs, stub_log, PYTHON=str(python)), tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    argvs = {next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]: c["argv"]
+             for c in calls(stub_log)}  # fmt: skip
+    assert list(argvs) == ["sft", "reward_model", "cost_model", "ppo_lag", "ppo_lag_lora", "ppo_lag_lora_all", "arena"]
+    root = tmp_path / "study" / "seed-3"
+    runs = ("ppo_lag", "ppo_lag_lora", "ppo_lag_lora_all")
+    for run in runs:  # the same models, seed and recipe; only the LoRA settings differ
+        assert f"actor.name_or_path={root / 'sft' / 'model'}" in argvs[run] and "seed=3" in argvs[run]
+        assert f"reward_model={root / 'reward_model' / 'model'}" in argvs[run]
+        assert argvs[run][argvs[run].index("--config-name") + 1] == "ppo_lag"
+    assert not any(a.startswith(("actor.lora", "critic_lora")) for a in argvs["ppo_lag"])
+    assert (
+        "actor.lora.enabled=true" in argvs["ppo_lag_lora"] and "critic_lora.enabled=true" not in argvs["ppo_lag_lora"]
+    )
+    assert "critic_lora.enabled=true" in argvs["ppo_lag_lora_all"]
+    assert all(f"+policies.{run}={root / run / 'model'}" in argvs["arena"] for run in runs)
 
 
 def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, stub_log, tmp_path):

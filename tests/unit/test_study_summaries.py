@@ -64,3 +64,21 @@ def test_steer_study_shorter_and_helpfulness_difference_by_hand(tmp_path: Path):
     row = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["1"]["steerlm"]
     assert row["shorter"] == pytest.approx(0.4) and row["helpfulness_difference"] == pytest.approx(-0.05)
     assert (row["harm_low"], row["harm_high"]) == (0.1, 0.2)
+
+
+def test_lora_study_gain_kept_against_full_ppo_lag_by_hand(tmp_path: Path):
+    from safe_rlhf.analysis import lora_study
+
+    def arena_policy(helpfulness: float, harm: float, unsafe: float) -> dict:
+        return policy(helpfulness, 8.0, 0.0, harm=harm) | {"harmful_rate": unsafe}
+
+    for seed, lora_helpfulness in {"1": 1.8, "2": 1.4}.items():
+        write(tmp_path / f"seed-{seed}" / "arena" / "summary.json", {"policies": {
+            "sft": arena_policy(1.0, 0.15, 0.14), "ppo_lag": arena_policy(2.0, 0.05, 0.06),
+            "ppo_lag_lora": arena_policy(lora_helpfulness, 0.07, 0.08)}})  # fmt: skip
+    summary = lora_study.study_summary(tmp_path)
+    # full PPO-Lag gains 1.0 over SFT; LoRA 0.8 (seed 1) and 0.4 (seed 2): 80% and 40%, mean 60%
+    assert summary["per_seed"]["1"]["ppo_lag_lora"]["gain_kept"] == pytest.approx(0.8)
+    assert summary["mean"]["ppo_lag_lora"]["gain_kept"] == pytest.approx(0.6)
+    assert summary["per_seed"]["2"]["ppo_lag"]["gain_kept"] == pytest.approx(1.0)
+    assert summary["mean"]["ppo_lag_lora"]["unsafe_rate"] == pytest.approx(0.08)
