@@ -1,8 +1,17 @@
-"""Benchmarks (measured, never asserted): PPO-Lagrangian iterations on the fixed "tiny-ppo" workload.
+"""Benchmarks (measured, never asserted): PPO-Lagrangian iterations on two fixed workloads.
 
-    make bench                                   # all three set-ups below, one table
-    python -m safe_rlhf.bench                    # the same
-    python -m safe_rlhf.bench --setups zero0     # one set-up; others: zero3-gather, zero3-layerwise
+    make bench                                   # both workloads, their set-ups, one table each
+    python -m safe_rlhf.bench --workloads tiny-ppo --setups zero0     # one workload, one set-up
+
+Workload "compute" (where compute dominates): a Llama of 20.1M matrix parameters (hidden 512, intermediate 1376,
+6 layers, 8 heads, the offline tokenizer's vocabulary) for all six models, 32 prompts of 16 tokens, exactly 128 new
+tokens per response, otherwise as tiny-ppo; 1 warm-up and 2 timed iterations, the median reported. Each phase's
+achieved FLOP/s (safe_rlhf/flops.py's count: generation; scoring = six forwards: reward, cost, actor, reference, two
+critics; learning = forward + backward of the actor and both critics) is reported as a share of the matrix-multiply
+rate (1024 x 1024 fp32) that every process measures in the same run on the same machine and threads: the machine's
+practical limit. Set-ups: zero0 and zero3-gather.
+
+Workload "tiny-ppo":
 
 The workload (see the project's bench-workload reference): byte-level BPE tokenizer with 512 entries trained locally;
 Llama hidden 64, intermediate 172, 2 layers, 4 heads, 4 KV heads, max positions 128, fp32, random init, for the
@@ -29,8 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 16, 16, 32
-WARMUP, TIMED, REPEATS = 1, 8, 3
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "tiny-ppo": {"prompts": 16, "prompt_tokens": 16, "new_tokens": 32, "warmup": 1, "timed": 8, "repeats": 3,
+                 "model": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 172, "num_layers": 2,
+                           "num_heads": 4}, "setups": ["zero0", "zero3-gather", "zero3-layerwise"]},
+    "compute": {"prompts": 32, "prompt_tokens": 16, "new_tokens": 128, "warmup": 1, "timed": 2, "repeats": 1,
+                "model": {"vocab_size": 1024, "hidden_size": 512, "intermediate_size": 1376, "num_layers": 6,
+                          "num_heads": 8, "max_positions": 256}, "setups": ["zero0", "zero3-gather"]},
+}  # fmt: skip
 SETUPS: dict[str, dict[str, Any]] = {
     "zero0": {"processes": 1, "overrides": ["deepspeed=zero0"]},
     "zero3-gather": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=true"]},
@@ -38,8 +53,8 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_workload(root: Path) -> dict[str, Path]:
-    """Tokenizer + tiny Llama (vocab 512), reward and cost score models on the same backbone, once per cache."""
+def build_workload(root: Path, workload: str) -> dict[str, Path]:
+    """Tokenizer + Llama of the workload's sizes, reward and cost score models on the same backbone, once per cache."""
     from transformers import AutoTokenizer
 
     from safe_rlhf.assets import build_tiny_assets
@@ -47,7 +62,7 @@ def build_workload(root: Path) -> dict[str, Path]:
 
     policy = root / "policy"
     if not (policy / "model.safetensors").exists():
-        build_tiny_assets(policy, vocab_size=512, hidden_size=64, intermediate_size=172, num_layers=2, num_heads=4)
+        build_tiny_assets(policy, **WORKLOADS[workload]["model"])
     paths = {"policy": policy}
     for score_type in ("reward", "cost"):
         target = root / f"{score_type}_model"
@@ -74,9 +89,13 @@ def fixed_prompts(tokenizer: Any, count: int, length: int, seed: int = 0) -> lis
     return [TokenizedPrompt(input_ids=ordinary[row].tolist(), meta={}) for row in picks]
 
 
-def worker(setup: str, root: Path) -> None:
+def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
     """Runs inside each rank: build the recipe on the workload, time iterations and parts, print JSON on rank 0."""
     import torch
+
+    spec = WORKLOADS[workload]
+    prompts, prompt_tokens, new_tokens = spec["prompts"], spec["prompt_tokens"], spec["new_tokens"]
+    warmup, timed, repeats_count = spec["warmup"], spec["timed"], spec["repeats"]
 
     from safe_rlhf import distributed
     from safe_rlhf.recipes.common import BatchSchedule
@@ -90,12 +109,12 @@ def worker(setup: str, root: Path) -> None:
         f"output_dir={root / ('run-' + setup)}",
         "logger=none",
         "data.eval=null",
-        f"train.rollout_batch_size={PROMPTS}",
-        f"train.mini_batch_size={PROMPTS}",
-        f"train.micro_batch_size={PROMPTS // int(os.environ.get('WORLD_SIZE', '1'))}",
+        f"train.rollout_batch_size={prompts}",
+        f"train.mini_batch_size={prompts}",
+        f"train.micro_batch_size={prompts // int(os.environ.get('WORLD_SIZE', '1'))}",
         "ppo.ppo_epochs=1",
-        f"generation.max_new_tokens={NEW_TOKENS}",
-        f"generation.min_new_tokens={NEW_TOKENS}",
+        f"generation.max_new_tokens={new_tokens}",
+        f"generation.min_new_tokens={new_tokens}",
         "generation.temperature=0.7",
         "generation.top_k=0",
         "generation.top_p=1.0",
@@ -107,22 +126,22 @@ def worker(setup: str, root: Path) -> None:
     recipe = PPORecipe(config, str(root / f"run-{setup}"))
     try:
         recipe.setup()
-        recipe.prompt_items = fixed_prompts(recipe.tokenizer, PROMPTS * 64, PROMPT_TOKENS)
+        recipe.prompt_items = fixed_prompts(recipe.tokenizer, prompts * 64, prompt_tokens)
         recipe.schedule = BatchSchedule(
             num_samples=len(recipe.prompt_items),
-            batch_size=PROMPTS,
+            batch_size=prompts,
             micro_batch_size=config.train.micro_batch_size,
             world_size=distributed.world_size(),
             rank=distributed.rank(),
             seed=config.seed,
         )
         repeats = []
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             recipe.iteration()
             recipe.step += 1
-        for _ in range(REPEATS):
+        for _ in range(repeats_count):
             phases: dict[str, list[float]] = {"generation": [], "scoring": [], "learning": [], "iteration": []}
-            for _ in range(TIMED):
+            for _ in range(timed):
                 distributed.barrier()
                 start = time.perf_counter()
                 _, _, _, timings = recipe.iteration()
@@ -136,19 +155,19 @@ def worker(setup: str, root: Path) -> None:
         from safe_rlhf.data import collate_prompts
         from safe_rlhf.recipes.rollout import policy_log_probs, sample_responses
 
-        share = PROMPTS // distributed.world_size()
+        share = prompts // distributed.world_size()
         batch = collate_prompts(recipe.prompt_items[:share], recipe.tokenizer.pad_token_id)
         generate_times, backward_times = [], []
         actor = recipe.engines["actor"]
-        for _ in range(REPEATS):
+        for _ in range(repeats_count):
             distributed.barrier()
             start = time.perf_counter()
             sample_responses(
                 actor,
                 batch["input_ids"],
                 batch["attention_mask"],
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 temperature=0.7,
                 top_p=1.0,
                 top_k=0,
@@ -159,7 +178,7 @@ def worker(setup: str, root: Path) -> None:
                 world_size=distributed.world_size(),
             )
             generate_times.append(time.perf_counter() - start)
-            tokens = torch.randint(3, 500, (share, PROMPT_TOKENS + NEW_TOKENS))
+            tokens = torch.randint(3, 500, (share, prompt_tokens + new_tokens))
             mask = torch.ones_like(tokens)
             actor.train()
             distributed.barrier()
@@ -170,19 +189,31 @@ def worker(setup: str, root: Path) -> None:
             actor.optimizer.zero_grad()
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peaks = distributed.all_gather_cat(torch.tensor([peak_rss_mb]))
+        # The machine's practical limit: every process's matmul rate, measured now, on its own threads, summed.
+        from safe_rlhf.flops import matmul_rate
+
+        distributed.barrier()
+        machine_rate = float(distributed.all_gather_cat(torch.tensor([matmul_rate()], dtype=torch.float64)).sum())
+        phase_flops = iteration_flops(recipe, prompts, prompt_tokens, new_tokens)
         if distributed.is_main_process():
             median = {key: statistics.median(r[key] for r in repeats) for key in repeats[0]}
+            achieved = {phase: phase_flops[phase] / median[phase] for phase in phase_flops}
             result = {
+                "workload": workload,
                 "setup": setup,
                 "processes": distributed.world_size(),
                 "seconds_per_iteration": median["iteration"],
                 "generation_s": median["generation"],
                 "scoring_s": median["scoring"],
                 "learning_s": median["learning"],
-                "generated_tokens_per_second": PROMPTS * NEW_TOKENS / median["iteration"],
+                "generated_tokens_per_second": prompts * new_tokens / median["iteration"],
                 "plain_generate_s": statistics.median(generate_times),
                 "forward_backward_s": statistics.median(backward_times),
                 "peak_rss_mb_per_process": float(peaks.max()),
+                "matmul_flops_per_second": machine_rate,
+                "flops": phase_flops,
+                "achieved_flops_per_second": achieved,
+                "share_of_matmul_rate": {phase: rate / machine_rate for phase, rate in achieved.items()},
                 "repeats": repeats,
             }
             print("BENCH-RESULT " + json.dumps(result), flush=True)
@@ -190,14 +221,29 @@ def worker(setup: str, root: Path) -> None:
         distributed.shutdown(*recipe.engines.values())
 
 
-def run_setup(setup: str, root: Path) -> dict[str, Any]:
+def iteration_flops(recipe: Any, prompts: int, prompt_tokens: int, new_tokens: int) -> dict[str, float]:
+    """FLOPs of one iteration's phases over all ranks (safe_rlhf/flops.py): every response has exactly new_tokens
+    tokens, so every sequence is prompt_tokens + new_tokens long."""
+    from safe_rlhf.flops import forward_flops, generation_flops, model_flops, training_flops
+
+    length = prompt_tokens + new_tokens
+    actor = model_flops(recipe.engines["actor"])
+    critic = model_flops(recipe.engines["reward_critic"])  # the score models have the same backbone and one head
+    generation = generation_flops(actor, prompts, prompt_tokens, new_tokens)
+    scoring = 2 * forward_flops(actor, prompts, length) + 4 * forward_flops(critic, prompts, length)
+    learning = training_flops(actor, prompts, length) + 2 * training_flops(critic, prompts, length)
+    return {"generation": generation, "scoring": scoring, "learning": learning,
+            "iteration": generation + scoring + learning}  # fmt: skip
+
+
+def run_setup(setup: str, root: Path, workload: str = "tiny-ppo") -> dict[str, Any]:
     from safe_rlhf.distributed import find_free_port
 
     processes = SETUPS[setup]["processes"]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1" if processes > 1 else "2"))
-    module_args = ["--module", "safe_rlhf.bench", "--worker", setup, "--root", str(root)]
+    module_args = ["--module", "safe_rlhf.bench", "--worker", setup, "--root", str(root), "--workloads", workload]
     if processes == 1:
-        command = [sys.executable, "-m", "safe_rlhf.bench", "--worker", setup, "--root", str(root)]
+        command = [sys.executable, "-m", *module_args[1:]]
     else:
         deepspeed = str(Path(sys.executable).parent / "deepspeed")
         command = [deepspeed, "--num_gpus", str(processes), "--master_port", str(find_free_port()), *module_args]
@@ -228,11 +274,19 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"ratio {r['setup']} / {results[0]['setup']}: "
             f"{r['seconds_per_iteration'] / base:.2f}x seconds per iteration"
         )
+    print("achieved FLOP/s per phase, and its share of the matmul rate measured in the same run (all processes):")
+    for r in results:
+        shares = ", ".join(
+            f"{phase} {r['achieved_flops_per_second'][phase] / 1e9:.2f} GFLOP/s ({100 * share:.1f}%)"
+            for phase, share in r["share_of_matmul_rate"].items()
+        )
+        print(f"  {r['setup']:<16} matmul {r['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s; {shares}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--setups", nargs="+", default=None, choices=list(SETUPS), help="default: each workload's")
     parser.add_argument("--root", type=Path, default=None, help="workload cache (default $SAFE_RLHF_CACHE/bench)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -240,13 +294,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from safe_rlhf.assets import cache_dir
 
-    root = (args.root or cache_dir() / "bench-tiny-ppo").resolve()
     if args.worker:
-        worker(args.worker, root)
+        worker(args.worker, args.root, args.workloads[0])
         return
-    build_workload(root)
-    results = [run_setup(setup, root) for setup in args.setups]
-    print_table(results)
+    results = []
+    for workload in args.workloads:
+        root = (args.root or cache_dir() / f"bench-{workload}").resolve()
+        build_workload(root, workload)
+        setups = args.setups or WORKLOADS[workload]["setups"]
+        spec = WORKLOADS[workload]
+        print(f"\nworkload {workload}: {spec['prompts']} prompts x ({spec['prompt_tokens']} + {spec['new_tokens']}) "
+              f"tokens, model {spec['model']}")  # fmt: skip
+        workload_results = [run_setup(setup, root, workload) for setup in setups]
+        print_table(workload_results)
+        results.extend(workload_results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -197,7 +197,8 @@ def test_lora_study_compares_lora_and_full_ppo_lag_on_the_same_models(stubs, stu
     assert result.returncode == 0, result.stderr
     argvs = {next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]: c["argv"]
              for c in calls(stub_log)}  # fmt: skip
-    assert list(argvs) == ["sft", "reward_model", "cost_model", "ppo_lag", "ppo_lag_lora", "ppo_lag_lora_all", "arena"]
+    assert list(argvs) == ["sft", "reward_model", "cost_model", "ppo_lag", "ppo_lag_lora", "ppo_lag_lora_lr3e-3",
+                           "ppo_lag_lora_all", "arena"]  # fmt: skip
     root = tmp_path / "study" / "seed-3"
     runs = ("ppo_lag", "ppo_lag_lora", "ppo_lag_lora_all")
     for run in runs:  # the same models, seed and recipe; only the LoRA settings differ
@@ -210,6 +211,8 @@ def test_lora_study_compares_lora_and_full_ppo_lag_on_the_same_models(stubs, stu
     )
     assert "critic_lora.enabled=true" in argvs["ppo_lag_lora_all"]
     assert all(f"+policies.{run}={root / run / 'model'}" in argvs["arena"] for run in runs)
+    assert f"+policies.ppo_lag_lora_lr3e_3={root / 'ppo_lag_lora_lr3e-3' / 'model'}" in argvs["arena"]
+    assert "actor_optim.lr=3e-3" in argvs["ppo_lag_lora_lr3e-3"]
 
 
 def test_steerlm_study_trains_labels_and_asks_for_low_and_high_verbosity(stubs, stub_log, tmp_path):
