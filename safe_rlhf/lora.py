@@ -126,10 +126,7 @@ def merge_lora_state_dict(
 
 def trainable_summary(model: Any) -> str:
     """ "LoRA: 12,288 of 217,408 parameters trainable (5.65%)" for the start-up log."""
-    module = getattr(model, "module", model)
-    total = trainable = 0
-    for parameter in module.parameters():
-        count = int(parameter.ds_numel) if hasattr(parameter, "ds_numel") else parameter.numel()
-        total += count
-        trainable += count if parameter.requires_grad else 0
+    from safe_rlhf.memory import parameter_counts
+
+    total, trainable = parameter_counts(model)
     return f"LoRA: {trainable:,} of {total:,} parameters trainable ({100 * trainable / max(1, total):.2f}%)"

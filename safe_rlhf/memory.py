@@ -98,9 +98,9 @@ def estimate_model_memory(
 
 def model_shape(model: Any) -> dict[str, int]:
     """hidden size, layers, heads and vocabulary of a Hugging Face model (or a peft / DeepSpeed wrapper of one)."""
-    module = getattr(model, "module", model)
-    if hasattr(module, "get_base_model"):
-        module = module.get_base_model()
+    from safe_rlhf.lora import base_model
+
+    module = base_model(model)
     config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
 
     def first(*names: str) -> int:

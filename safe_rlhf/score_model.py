@@ -143,9 +143,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # (B,
 def position_kwargs(model: Any, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """``{"position_ids": ...}`` for a model whose forward takes them; ``{}`` for one that derives positions from the
     attention mask itself (Bloom's ALiBi), which then gets the same left-padding-invariant positions."""
-    module = getattr(model, "module", model)  # a DeepSpeed engine's model
-    if hasattr(module, "get_base_model"):  # peft's wrapper takes **kwargs and passes them on to the model
-        module = module.get_base_model()
+    from safe_rlhf.lora import base_model
+
+    module = base_model(model)  # a DeepSpeed engine's model; under peft's wrapper, which takes **kwargs
     forward = getattr(module, "forward", None)
     key = type(module)
     if key not in _TAKES_POSITION_IDS:
