@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: help install demo demo-dpo demo-seeds test test-all test-slow lint shellcheck format bench clean assets toyworld
+.PHONY: help install demo demo-dpo demo-seeds test test-all test-slow lint shellcheck format bench gpu-check gpu-check-dry clean assets toyworld
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ bench: install  ## PPO-Lagrangian iterations on the tiny-ppo workload: 1 process
 
 assets: install  ## build the tiny tokenizer + model into runs/assets/tiny-llama (the default configs build their own cache)
 	$(PY) -m safe_rlhf.assets --output runs/assets/tiny-llama
+
+gpu-check: install  ## on a GPU: SFT + PPO-Lag + DPO, random 0.5B Llama, bf16, ZeRO-3: tokens/s, TFLOP/s, memory (<8 min, H200)
+	$(PY) -m safe_rlhf.gpu_check --json runs/gpu-check.json
+
+gpu-check-dry: install  ## the GPU check's stages on CPU with a tiny fp32 model (~1 min): proves it runs before a GPU is lent
+	$(PY) -m safe_rlhf.gpu_check --dry-run --json runs/gpu-check-dry.json
 
 clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf runs outputs multirun .pytest_cache .mypy_cache .ruff_cache

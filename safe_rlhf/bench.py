@@ -45,11 +45,23 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "compute": {"prompts": 32, "prompt_tokens": 16, "new_tokens": 128, "warmup": 1, "timed": 2, "repeats": 1,
                 "model": {"vocab_size": 1024, "hidden_size": 512, "intermediate_size": 1376, "num_layers": 6,
                           "num_heads": 8, "max_positions": 256}, "setups": ["zero0", "zero3-gather"]},
+    # The PPO-Lagrangian stage of the GPU check (python -m safe_rlhf.gpu_check): a random Llama of 508M matrix
+    # parameters in bf16 under ZeRO-3 on one GPU, and the same stages on a tiny fp32 model for the CPU dry run.
+    "gpu-check": {"prompts": 64, "prompt_tokens": 64, "new_tokens": 128, "warmup": 1, "timed": 3, "repeats": 1,
+                  "model": {"vocab_size": 1024, "hidden_size": 1024, "intermediate_size": 5504, "num_layers": 24,
+                            "num_heads": 16, "max_positions": 512}, "setups": ["zero3-single"],
+                  "overrides": ["deepspeed.precision=bf16"], "matmul": {"size": 8192, "dtype": "bfloat16"}},
+    "gpu-check-dry": {"prompts": 4, "prompt_tokens": 8, "new_tokens": 8, "warmup": 1, "timed": 1, "repeats": 1,
+                      "model": {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 172, "num_layers": 2,
+                                "num_heads": 4}, "setups": ["zero3-single"], "matmul": {"size": 256}},
 }  # fmt: skip
+# What ``make bench`` runs; the gpu-check workloads belong to safe_rlhf.gpu_check.
+BENCH_WORKLOADS = ["tiny-ppo", "compute"]
 SETUPS: dict[str, dict[str, Any]] = {
     "zero0": {"processes": 1, "overrides": ["deepspeed=zero0"]},
     "zero3-gather": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=true"]},
     "zero3-layerwise": {"processes": 2, "overrides": ["deepspeed=zero3", "generation.gather_weights=false"]},
+    "zero3-single": {"processes": 1, "overrides": ["deepspeed=zero3", "generation.gather_weights=true"]},
 }
 
 
@@ -121,6 +133,7 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
         "train.export=false",
         "train.overwrite=true",  # the same run directory every time the benchmark runs
         *SETUPS[setup]["overrides"],
+        *spec.get("overrides", []),
     ]
     config = load_config("ppo_lag", overrides)
     recipe = PPORecipe(config, str(root / f"run-{setup}"))
@@ -153,10 +166,12 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
             repeats.append({key: statistics.mean(values) for key, values in phases.items()})
         # The parts: plain generate for the batch, one policy forward+backward on (16, 48).
         from safe_rlhf.data import collate_prompts
+        from safe_rlhf.recipes.common import to_device
         from safe_rlhf.recipes.rollout import policy_log_probs, sample_responses
 
         share = prompts // distributed.world_size()
-        batch = collate_prompts(recipe.prompt_items[:share], recipe.tokenizer.pad_token_id)
+        device = distributed.device()
+        batch = to_device(collate_prompts(recipe.prompt_items[:share], recipe.tokenizer.pad_token_id), device)
         generate_times, backward_times = [], []
         actor = recipe.engines["actor"]
         for _ in range(repeats_count):
@@ -178,7 +193,7 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
                 world_size=distributed.world_size(),
             )
             generate_times.append(time.perf_counter() - start)
-            tokens = torch.randint(3, 500, (share, prompt_tokens + new_tokens))
+            tokens = torch.randint(3, 500, (share, prompt_tokens + new_tokens), device=device)
             mask = torch.ones_like(tokens)
             actor.train()
             distributed.barrier()
@@ -189,11 +204,17 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
             actor.optimizer.zero_grad()
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peaks = distributed.all_gather_cat(torch.tensor([peak_rss_mb]))
-        # The machine's practical limit: every process's matmul rate, measured now, on its own threads, summed.
+        # CUDA's allocator peak over the whole worker (models, optimizer states, rollouts, the parts above).
+        peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        # The machine's practical limit: every process's matmul rate, measured now, on its own device and threads,
+        # in the workload's compute precision, summed.
         from safe_rlhf.flops import matmul_rate
 
+        matmul = spec.get("matmul", {})
+        dtype = getattr(torch, matmul.get("dtype", "float32"))
+        rate = matmul_rate(size=matmul.get("size", 1024), dtype=dtype, device=device)
         distributed.barrier()
-        machine_rate = float(distributed.all_gather_cat(torch.tensor([matmul_rate()], dtype=torch.float64)).sum())
+        machine_rate = float(distributed.all_gather_cat(torch.tensor([rate], dtype=torch.float64)).sum())
         phase_flops = iteration_flops(recipe, prompts, prompt_tokens, new_tokens)
         if distributed.is_main_process():
             median = {key: statistics.median(r[key] for r in repeats) for key in repeats[0]}
@@ -210,6 +231,7 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
                 "plain_generate_s": statistics.median(generate_times),
                 "forward_backward_s": statistics.median(backward_times),
                 "peak_rss_mb_per_process": float(peaks.max()),
+                "peak_device_memory_mb": peak_device_mb,
                 "matmul_flops_per_second": machine_rate,
                 "flops": phase_flops,
                 "achieved_flops_per_second": achieved,
@@ -285,7 +307,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=BENCH_WORKLOADS, choices=list(WORKLOADS))
     parser.add_argument("--setups", nargs="+", default=None, choices=list(SETUPS), help="default: each workload's")
     parser.add_argument("--root", type=Path, default=None, help="workload cache (default $SAFE_RLHF_CACHE/bench)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -411,6 +411,10 @@ class DPORecipe:
         totals: dict[str, float] = defaultdict(float)
         micro_batches = self.schedule.rank_indices(step)
         skipped = 0
+        # Tokens the policy reads on this rank (chosen + rejected, no padding), for the throughput and FLOP counts.
+        input_tokens = sum(
+            len(sequence) for ids in micro_batches for i in ids for sequence in self.train_pairs[i].item.input_ids
+        )
         for index, ids in enumerate(micro_batches):
             loss, _, stats = self._loss("train", ids, self.train_pairs)
             loss = self.guard.prepare(loss, step + 1)
@@ -440,8 +444,10 @@ class DPORecipe:
         # weighs every trained pair the same.
         finite = max(len(micro_batches) - skipped, 1)
         keys = sorted(totals)
-        averaged = distributed.all_reduce_mean(torch.tensor([totals[k] / finite for k in keys], dtype=torch.float64))
-        return {f"train/{key}": float(value) for key, value in zip(keys, averaged)}
+        # The token count rides in the same collective: the mean of (count x world size) is the sum over ranks.
+        local = [totals[k] / finite for k in keys] + [input_tokens * distributed.world_size()]
+        averaged = distributed.all_reduce_mean(torch.tensor(local, dtype=torch.float64)).tolist()
+        return {"train/input_tokens": averaged.pop(), **{f"train/{key}": value for key, value in zip(keys, averaged)}}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -470,9 +476,11 @@ class DPORecipe:
         watcher = PreemptionWatcher().install()
         self.engine.train()
         start, start_step = time.perf_counter(), self.step
+        input_tokens = 0.0
         while self.step < self.total_steps:
             metrics = self.train_step(self.step)
             self.step += 1
+            input_tokens += metrics.pop("train/input_tokens")
             self.logger.advance()
             stop_message = self.guard.end_step(self.skipped_micro_batches, self.step)
             metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
@@ -480,6 +488,7 @@ class DPORecipe:
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 metrics["train/lr"] = float(self.engine.get_lr()[0])
                 metrics["train/pairs_per_second"] = (self.step - start_step) * config.batch_size / elapsed
+                metrics["train/input_tokens_per_second"] = input_tokens / elapsed
                 metrics["train/epoch"] = self.step / self.schedule.steps_per_epoch
                 self.logger.log(metrics, step=self.step)
             if stop_message:

@@ -166,7 +166,10 @@ class SFTRecipe:
         # Count response tokens of the whole global batch first, so each token weighs the same whatever its
         # micro-batch or rank (DeepSpeed divides by accumulation steps and averages over ranks; undo both).
         local_tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
-        global_tokens = float(distributed.all_reduce_sum(torch.tensor(float(local_tokens))).item())
+        # Every token the forward reads (prompt + response, no padding): the throughput and FLOP counts need it.
+        local_input_tokens = sum(int(batch["attention_mask"].sum()) for batch in micro_batches)
+        counts = distributed.all_reduce_sum(torch.tensor([local_tokens, local_input_tokens], dtype=torch.float64))
+        global_tokens, global_input_tokens = float(counts[0]), float(counts[1])
         scale = self.schedule.gradient_accumulation_steps * distributed.world_size() / max(global_tokens, 1.0)
         loss_sum, skipped = 0.0, 0
         sample_ids = self.schedule.rank_indices(step)
@@ -194,7 +197,8 @@ class SFTRecipe:
             with paused_learning_rate(self.engine, active=is_last and skipped == len(micro_batches)):
                 self.engine.step()
         global_loss = float(distributed.all_reduce_sum(torch.tensor(loss_sum)).item()) / max(global_tokens, 1.0)
-        return {"train/loss": global_loss, "train/tokens": global_tokens, "train/skipped_micro_batches": skipped}
+        return {"train/loss": global_loss, "train/tokens": global_tokens, "train/input_tokens": global_input_tokens,
+                "train/skipped_micro_batches": skipped}  # fmt: skip
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -224,13 +228,14 @@ class SFTRecipe:
         config = self.config.train
         watcher = PreemptionWatcher().install()
         self.engine.train()
-        tokens_since_log, time_since_log = 0.0, time.perf_counter()
+        tokens_since_log, input_tokens_since_log, time_since_log = 0.0, 0.0, time.perf_counter()
         if self.step == 0 and self.eval_items:
             self.logger.log(self.evaluate(), step=0)
         while self.step < self.total_steps:
             metrics = self.train_step(self.step)
             self.step += 1
             tokens_since_log += metrics.pop("train/tokens")
+            input_tokens_since_log += metrics.pop("train/input_tokens")
             skipped = int(metrics.pop("train/skipped_micro_batches"))
             stop_message = self.guard.end_step(skipped, self.step)
             metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
@@ -238,10 +243,11 @@ class SFTRecipe:
             if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
                 elapsed = time.perf_counter() - time_since_log
                 metrics["train/lr"] = float(self.engine.get_lr()[0])
-                metrics["train/tokens_per_second"] = tokens_since_log / max(elapsed, 1e-9)
+                metrics["train/tokens_per_second"] = tokens_since_log / max(elapsed, 1e-9)  # response tokens
+                metrics["train/input_tokens_per_second"] = input_tokens_since_log / max(elapsed, 1e-9)
                 metrics["train/epoch"] = self.step / self.schedule.steps_per_epoch
                 self.logger.log(metrics, step=self.step)
-                tokens_since_log, time_since_log = 0.0, time.perf_counter()
+                tokens_since_log, input_tokens_since_log, time_since_log = 0.0, 0.0, time.perf_counter()
             if stop_message:
                 # The weights never saw the bad gradients: this checkpoint is the last good state.
                 self.save_checkpoint()

@@ -61,6 +61,9 @@ def test_dpo_run_logs_pair_metrics_and_exports_a_loadable_policy(tmp_path, safe_
     assert first["train/reward_accuracy"] == 0.0
     assert first["train/chosen_logp"] < 0 and first["train/rejected_logp"] < 0  # summed log-probs of responses
     assert "train/swapped_fraction" not in first  # SafeDPO only
+    # tokens the policy read per pair (chosen + rejected, no padding): two sequences of 2..max_length tokens each
+    tokens_per_pair = first["train/input_tokens_per_second"] / first["train/pairs_per_second"]
+    assert 2 * 4 < tokens_per_pair <= 2 * 64, tokens_per_pair
     # after two updates the policy has moved away from the reference on the held-out pairs
     assert steps[3]["eval/loss"] != pytest.approx(LN2, abs=1e-4)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,3 +158,12 @@ def test_two_rank_zero3_dpo(tmp_path, safe_rlhf_cache, recipe):
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")  # consolidated from the ZeRO-3 shards
     assert probe_logits(model, model.config.vocab_size).isfinite().all()
+    # The same global batch in one process: the tokens read per pair are summed over the ranks, not averaged.
+    single_dir = tmp_path / f"{recipe}-single"
+    single = train_cli([f"output_dir={single_dir}", *FAST, "train.max_steps=1", "data.eval=null", *extra],
+                       config_name=recipe)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    one_rank, two_ranks = by_step(single_dir)[1], steps[1]
+    assert two_ranks["train/input_tokens_per_second"] / two_ranks["train/pairs_per_second"] == pytest.approx(
+        one_rank["train/input_tokens_per_second"] / one_rank["train/pairs_per_second"], rel=1e-9
+    )

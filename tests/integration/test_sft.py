@@ -25,6 +25,10 @@ def test_sft_lowers_heldout_loss_and_exports_a_loadable_model(tmp_path, safe_rlh
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [m["eval/loss"] for m in read_metrics(run_dir) if "eval/loss" in m]
     assert len(evals) == 3  # step 0, step 30, end
+    # throughput: response tokens (the loss's), and every token the forward reads (prompt + response, no padding)
+    rates = [(m["train/tokens_per_second"], m["train/input_tokens_per_second"]) for m in read_metrics(run_dir)
+             if "train/tokens_per_second" in m]  # fmt: skip
+    assert rates and all(0 < response < read for response, read in rates), rates
     assert evals[-1] < 0.7 * evals[0], evals  # a random tiny model starts near ln(512) = 6.2
     # The run directory keeps the resolved config and the exact command.
     assert "max_steps: 60" in (run_dir / "config.yaml").read_text()
