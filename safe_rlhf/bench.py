@@ -21,8 +21,9 @@ one mini-batch of 16, AdamW. 1 warm-up iteration, then 8 timed iterations, repea
 Also the parts that bound an iteration: plain ``generate`` for the batch, and one policy forward+backward on (16, 48).
 
 Set-ups: ``zero0`` (1 process, ZeRO-0), ``zero3-gather`` (2 processes, ZeRO-3, weights gathered once per generate),
-``zero3-layerwise`` (2 processes, ZeRO-3, parameters gathered layer by layer for every token). The machine is shared:
-compare ratios measured in one run, not absolute times.
+``zero3-layerwise`` (2 processes, ZeRO-3, parameters gathered layer by layer for every token). Each set-up gets all
+the machine's cores, split evenly over its processes (OMP_NUM_THREADS = cores / processes; override with
+BENCH_THREADS_PER_PROCESS). The machine is shared: compare ratios measured in one run, not absolute times.
 """
 
 from __future__ import annotations
@@ -262,7 +263,10 @@ def run_setup(setup: str, root: Path, workload: str = "tiny-ppo") -> dict[str, A
     from safe_rlhf.distributed import find_free_port
 
     processes = SETUPS[setup]["processes"]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1" if processes > 1 else "2"))
+    # Every set-up gets the whole machine: the cores split evenly over its processes (one process ZeRO-0 on all of
+    # them, two ranks on half each), whatever OMP_NUM_THREADS the caller exported (make exports 1 for two ranks).
+    threads = os.environ.get("BENCH_THREADS_PER_PROCESS") or str(max(1, len(os.sched_getaffinity(0)) // processes))
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
     module_args = ["--module", "safe_rlhf.bench", "--worker", setup, "--root", str(root), "--workloads", workload]
     if processes == 1:
         command = [sys.executable, "-m", *module_args[1:]]
