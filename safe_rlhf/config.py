@@ -50,12 +50,25 @@ class LoraConfig:
     # Module names to adapt; ["all-linear"] = every linear layer except the output layer (and a score model's head,
     # which is trained in full).
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # QLoRA: "4bit" loads the frozen base in 4-bit NF4 (bitsandbytes, double quantization, compute in the training
+    # precision) under the adapters; "none" keeps it in the training precision. For a policy (sft, dpo, the PPO
+    # actor) with ZeRO 0-2; the export dequantizes and merges. See docs/models.md.
+    quantize_base: str = "none"
 
     def __post_init__(self) -> None:
-        _positive("lora.rank", self.rank)
-        _positive("lora.alpha", self.alpha)
-        if not self.target_modules:
-            raise ConfigError("lora.target_modules is empty; give module names or [all-linear]")
+        # Checked first under the key it sits at (model.lora, actor.lora, critic_lora: check_nested_configs).
+        _check_lora(self, "lora")
+
+
+def _check_lora(lora: Any, key: str) -> None:
+    """Range checks of a :class:`LoraConfig` (or its composed node) that sits at ``key`` in the recipe."""
+    _positive(f"{key}.rank", lora.rank)
+    _positive(f"{key}.alpha", lora.alpha)
+    if not lora.target_modules:
+        raise ConfigError(f"{key}.target_modules is empty; give module names or [all-linear]")
+    _choice(f"{key}.quantize_base", lora.quantize_base, ("none", "4bit"))
+    if lora.quantize_base != "none" and not lora.enabled:
+        raise ConfigError(f"{key}.quantize_base={lora.quantize_base} needs {key}.enabled=true (QLoRA trains adapters)")
 
 
 @dataclass
@@ -144,7 +157,7 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         # A recipe with several optimizers (actor_optim, critic_optim) is checked under their own keys before its
-        # objects are built (check_optimizers); a config built here can only be named by its usual key.
+        # objects are built (check_nested_configs); a config built here can only be named by its usual key.
         _check_optimizer(self, "optim")
 
 
@@ -162,14 +175,50 @@ def _check_optimizer(optim: Any, key: str) -> None:
         raise ConfigError(f"{key}.betas={betas}: each beta must be in [0, 1), e.g. [0.9,0.95]")
 
 
-def check_optimizers(composed: Any, schema: type) -> None:
-    """Check every optimizer of a composed recipe config under the key it sits at (optim, actor_optim, ...).
+def check_nested_configs(composed: Any, schema: type) -> None:
+    """Check every optimizer and LoRA config of a composed recipe config under the key it sits at (optim,
+    actor_optim, model.lora, actor.lora, critic_lora, ...).
 
     Runs before ``OmegaConf.to_object``, whose ``__post_init__`` checks cannot know where the config sits.
     """
     for key, hint in get_type_hints(schema).items():
-        if hint is OptimizerConfig and key in composed:
+        if key not in composed:
+            continue
+        if hint is OptimizerConfig:
             _check_optimizer(composed[key], key)
+        elif hint is LoraConfig:
+            _check_lora(composed[key], key)
+            _check_quantized_base(composed, schema, key, composed[key])
+        elif hint is ModelConfig and "lora" in composed[key]:
+            _check_lora(composed[key].lora, f"{key}.lora")
+            _check_quantized_base(composed, schema, f"{key}.lora", composed[key].lora)
+
+
+# Where a 4-bit base is loaded: the trainable policy of these recipes (score models and critics stay unquantized).
+QUANTIZABLE_POLICIES = {"SFTConfig": "model.lora", "DPOConfig": "model.lora", "PPOConfig": "actor.lora"}
+
+
+def _check_quantized_base(composed: Any, schema: type, key: str, lora: Any) -> None:
+    """QLoRA's start-up checks: a policy, ZeRO 0-2, bitsandbytes installed."""
+    if lora.quantize_base == "none":
+        return
+    allowed = QUANTIZABLE_POLICIES.get(schema.__name__)
+    if key != allowed:
+        raise ConfigError(
+            f"{key}.quantize_base={lora.quantize_base}: a 4-bit base is for a policy only (sft / dpo model.lora, "
+            "ppo actor.lora); score models and critics load unquantized"
+        )
+    if int(composed.deepspeed.zero_stage) == 3:
+        raise ConfigError(
+            f"{key}.quantize_base={lora.quantize_base} needs deepspeed.zero_stage <= 2 (ZeRO-3 would partition the "
+            "packed 4-bit weights); the 4-bit base is small enough to replicate"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"{key}.quantize_base={lora.quantize_base} needs bitsandbytes: pip install 'safe-rlhf[qlora]'"
+        )
 
 
 @dataclass

@@ -170,13 +170,26 @@ def load_causal_lm(
 
     context = HfDeepSpeedConfig(ds_config) if settings.zero_stage == 3 else None
     key = config_key_for(model_config.name_or_path, "model.name_or_path")
+    quantized: dict[str, Any] = {}
+    if trainable and model_config.lora.enabled and model_config.lora.quantize_base == "4bit":
+        from safe_rlhf.lora import quantization_config
+
+        # QLoRA: bitsandbytes quantizes while loading, on the device the model will train on.
+        quantized = {"quantization_config": quantization_config(compute_dtype(settings)),
+                     "device_map": {"": distributed.device()}}  # fmt: skip
     model = from_pretrained(
         AutoModelForCausalLM,
         resolve_model_path(model_config.name_or_path, key),
         key=key,
         dtype=compute_dtype(settings),
         trust_remote_code=model_config.trust_remote_code,
+        **quantized,
     )
+    for module in model.modules() if quantized else ():
+        # bitsandbytes repacks a 4-bit weight in place for its CPU bf16 kernel on the first no-grad forward in eval
+        # mode (and asserts on widths that are not multiples of 32): keep one layout for training, rollouts, export.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if tokenizer is not None:
         fit_vocabulary(model, tokenizer)
     disable_dropout(model)
@@ -516,12 +529,17 @@ def load_checkpoint(path: Path, engines: dict[str, Any]) -> dict[str, Any]:
     missing = sorted(set(engines) - set(trainer_state.get("engines", [])))
     if missing:
         raise CheckpointError(f"{path}: has no state for {', '.join(missing)}")
+    from safe_rlhf.lora import is_quantized
+
     for name, engine in engines.items():
         try:
             with restricted_torch_load():
                 load_path, _ = engine.load_checkpoint(
-                    str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
-                )
+                    str(path / name), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True,
+                    # A QLoRA model's saved state carries bitsandbytes' quantization-state entries, which its
+                    # load_state_dict does not take back; the frozen 4-bit base is re-quantized identically at load.
+                    load_module_strict=not is_quantized(engine),
+                )  # fmt: skip
         except CheckpointError:
             raise  # already one line naming the file (a refused pickle)
         except Exception as error:  # DeepSpeed raises many kinds; name the file
@@ -558,13 +576,44 @@ def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Ten
     return {name: tensor.detach().cpu() for name, tensor in engine.module.state_dict().items()}
 
 
+def save_plain_model(module: Any, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """config.json (without the quantization config) and model.safetensors of a dequantized, merged QLoRA model:
+    ``save_pretrained`` of the quantized module would write it back as 4-bit."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(module.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = next(iter(state.values())).dtype
+    if getattr(config, "tie_word_embeddings", False):
+        state = {name: tensor for name, tensor in state.items() if name != "lm_head.weight"}  # tied again on load
+    directory.mkdir(parents=True)
+    config.save_pretrained(directory)
+    if getattr(module, "generation_config", None) is not None:
+        module.generation_config.save_pretrained(directory)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, directory / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+
+
 def export_hf(engine: Any, tokenizer: Any, output_dir: str | Path, zero_stage: int) -> Path:
     """Write a Hugging Face directory (safetensors) that plain ``from_pretrained`` loads; all ranks must call this."""
-    from safe_rlhf.lora import base_model, is_lora, lora_scalings, merge_lora_state_dict
+    from safe_rlhf.lora import (
+        base_model,
+        dequantized_state_dict,
+        is_lora,
+        is_quantized,
+        lora_scalings,
+        merge_lora_state_dict,
+    )
 
     output_dir = Path(output_dir)
-    state = consolidated_state_dict(engine, zero_stage)
+    quantized = is_quantized(engine)  # QLoRA runs ZeRO 0-2: the whole model is on every rank
+    state = consolidated_state_dict(engine, zero_stage) if not quantized else None
     if distributed.is_main_process():
+        if quantized:
+            state = dequantized_state_dict(engine)
         assert state is not None
         staging = output_dir.with_name(f".{output_dir.name}.staging")
         if staging.exists():
@@ -573,7 +622,10 @@ def export_hf(engine: Any, tokenizer: Any, output_dir: str | Path, zero_stage: i
         if is_lora(module):  # adapters merged: a plain Hugging Face model, loadable without peft
             state = merge_lora_state_dict(state, lora_scalings(module))
             module = base_model(module)
-        module.save_pretrained(staging, state_dict=state, safe_serialization=True)
+        if quantized:
+            save_plain_model(module, state, staging)
+        else:
+            module.save_pretrained(staging, state_dict=state, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if output_dir.exists():

@@ -18,6 +18,11 @@ What changes with it on:
 
 Adapter dropout is fixed at 0: PPO needs the log-probs of the rollout and of the update to agree (see
 ``engines.disable_dropout``).
+
+QLoRA (``model.lora.quantize_base=4bit``, a policy with ZeRO 0-2): the frozen base loads in 4-bit NF4 with double
+quantization (bitsandbytes; :func:`quantization_config`), computing in the training precision; the adapters train in
+that precision over it, and the adapter-disabled reference is the 4-bit base. The export dequantizes every 4-bit weight
+(:func:`dequantized_state_dict`) before merging, so the result is again a plain model in the training precision.
 """
 
 from __future__ import annotations
@@ -130,3 +135,44 @@ def trainable_summary(model: Any) -> str:
 
     total, trainable = parameter_counts(model)
     return f"LoRA: {trainable:,} of {total:,} parameters trainable ({100 * trainable / max(1, total):.2f}%)"
+
+
+def quantization_config(compute_dtype: torch.dtype) -> Any:
+    """QLoRA's 4-bit base: NF4, double quantization, matmuls in ``compute_dtype``, packed storage of that dtype (so
+    that DeepSpeed's casts and flattening treat the packed weights like the rest)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether any weight of the (possibly wrapped) model is a bitsandbytes 4-bit weight."""
+    module = getattr(model, "module", model)
+    return any(hasattr(parameter, "quant_state") for parameter in module.parameters())
+
+
+def dequantized_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The model's state dict with every 4-bit weight dequantized (bitsandbytes) to its compute dtype and the
+    quantization-state entries dropped, on the CPU: what :func:`merge_lora_state_dict` and a plain model expect."""
+    import bitsandbytes.functional as bnb_functional
+
+    module = getattr(model, "module", model)
+    quantized = {name: parameter for name, parameter in module.named_parameters() if hasattr(parameter, "quant_state")}
+    # bitsandbytes stores a 4-bit weight's quantization state as "X.weight.absmax", "X.weight.quant_map", ...
+    quant_state_prefixes = tuple(f"{name}." for name in quantized)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict().items():
+        if name.startswith(quant_state_prefixes):
+            continue
+        if name in quantized:
+            parameter = quantized[name]
+            weight = bnb_functional.dequantize_4bit(parameter.data, parameter.quant_state)
+            tensor = weight.to(parameter.quant_state.dtype)
+        state[name] = tensor.detach().cpu()
+    return state

@@ -144,13 +144,13 @@ def to_schema_object(composed: Any) -> Any:
     """The recipe's schema object; keys the schema does not know (also ones added with ``+key=``) are errors."""
     from omegaconf import OmegaConf
 
-    from safe_rlhf.config import RECIPE_SCHEMAS, ConfigError, check_optimizers
+    from safe_rlhf.config import RECIPE_SCHEMAS, ConfigError, check_nested_configs
 
     recipe = composed.get("recipe")
     if recipe not in RECIPE_SCHEMAS:
         raise ConfigError(f"recipe={recipe!r} is not a known recipe; known: {', '.join(sorted(RECIPE_SCHEMAS))}")
     _reject_unknown_keys(OmegaConf.to_container(composed, resolve=False), RECIPE_SCHEMAS[recipe], prefix="")
-    check_optimizers(composed, RECIPE_SCHEMAS[recipe])  # names actor_optim / critic_optim in its messages
+    check_nested_configs(composed, RECIPE_SCHEMAS[recipe])  # names actor_optim / actor.lora / ... in its messages
     return OmegaConf.to_object(composed)
 
 

@@ -141,6 +141,47 @@ def test_optimizer_ranges_are_checked_under_the_key_of_the_optimizer(recipe, ove
     assert line.startswith(f"{must_contain}="), line
 
 
+@pytest.mark.parametrize(
+    ("recipe", "override", "must_contain"),
+    [
+        ("sft", "model.lora.rank=0", "model.lora.rank"),
+        ("ppo_lag", "actor.lora.alpha=-1", "actor.lora.alpha"),
+        ("ppo_lag", "critic_lora.rank=0", "critic_lora.rank"),
+        ("dpo", "model.lora.target_modules=[]", "model.lora.target_modules"),
+    ],
+)
+def test_lora_ranges_are_checked_under_the_key_of_the_model(recipe, override, must_contain):
+    line = _recipe_error_line(recipe, [override])
+    assert line.startswith(must_contain), line
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "must_contain"),
+    [
+        ("sft", ["model.lora.quantize_base=4bit"], "needs model.lora.enabled=true"),
+        ("sft", ["model.lora.enabled=true", "model.lora.quantize_base=8bit"], "choose one of: none, 4bit"),
+        ("sft", ["model.lora.enabled=true", "model.lora.quantize_base=4bit", "deepspeed=zero3"],
+         "needs deepspeed.zero_stage <= 2"),
+        ("reward_model", ["model.lora.enabled=true", "model.lora.quantize_base=4bit"], "a policy only"),
+        ("ppo_lag", ["critic_lora.enabled=true", "critic_lora.quantize_base=4bit"], "a policy only"),
+    ],
+)  # fmt: skip
+def test_a_4bit_base_is_checked_at_start_up(recipe, overrides, must_contain):
+    line = _recipe_error_line(recipe, overrides)
+    assert must_contain in line and "quantize_base" in line, line
+
+
+def test_a_4bit_base_without_bitsandbytes_names_the_package(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
+    line = _recipe_error_line("dpo", ["model.lora.enabled=true", "model.lora.quantize_base=4bit"])
+    assert line.startswith("model.lora.quantize_base=4bit needs bitsandbytes"), line
+
+
 def test_optimizer_config_built_directly_checks_its_ranges():
     from safe_rlhf.config import OptimizerConfig
 
