@@ -88,6 +88,32 @@ def test_lora_dpo_starts_at_ln2_against_its_own_base(tmp_path, safe_rlhf_cache):
         assert losses[2] != pytest.approx(math.log(2.0), abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("precompute", ["false", "true"])
+def test_lora_dpo_under_two_rank_zero3_with_uneven_eval_pairs(tmp_path, safe_rlhf_cache, precompute):
+    """The adapters-off reference on two ranks that hold different numbers of held-out pairs (11 and 10): with
+    precompute each rank computes its share of the table with the adapters off, then the shares are summed."""
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    run_dir = tmp_path / f"dpo-{precompute}"
+    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny", "model.lora.enabled=true",
+                 f"dpo.precompute_reference={precompute}", "deepspeed=zero3", "logger=none", "train.max_steps=2",
+                 "train.batch_size=8", "train.micro_batch_size=4", "train.eval_steps=1", "train.log_steps=1",
+                 "optim.lr=1e-2", "data.train=toyworld:preference*0.02",
+                 "data.eval=toyworld:preference_test*0.021"]  # fmt: skip
+    result = run_cli([deepspeed, "--num_gpus", "2", "--master_port", str(find_free_port()), "--module",
+                      "safe_rlhf.train", "--config-name", "dpo", *overrides], env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert REFERENCE_LINE in result.stdout + result.stderr
+    rows: dict[int, dict] = {}
+    for row in read_metrics(run_dir):
+        rows.setdefault(int(row["step"]), {}).update(row)
+    # policy == its adapters-off base at step 1 on both ranks' pairs: h = 0 everywhere, the loss ln 2
+    assert rows[1]["train/loss"] == pytest.approx(math.log(2.0), abs=1e-6)
+    # the held-out pairs after one update, over both ranks' uneven shares: finite, moved off ln 2
+    assert math.isfinite(rows[1]["eval/loss"]) and rows[1]["eval/loss"] != pytest.approx(math.log(2.0), abs=1e-6)
+
+
 @pytest.mark.integration
 def test_lora_ppo_lag_under_two_rank_zero3(tmp_path, ppo_inputs):
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")

@@ -71,6 +71,9 @@ def test_qlora_sft_trains_adapters_over_a_4bit_base_and_exports_a_plain_merged_m
     assert again == losses[2:], (again, losses)
 
 
+# The slow tier: the adapters-off reference is covered in the default tier by test_lora.py's DPO test (make test is near
+# its budget); this adds only the 4-bit base under it.
+@pytest.mark.slow
 @pytest.mark.integration
 def test_qlora_dpo_reference_is_the_adapter_disabled_4bit_base(tmp_path, safe_rlhf_cache):
     run_dir = tmp_path / "dpo"
