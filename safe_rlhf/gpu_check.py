@@ -99,20 +99,20 @@ def run_check(root: Path, profile_name: str) -> dict[str, Any]:
     matmul = spec.get("matmul", {})
     machine_rate = matmul_rate(size=matmul.get("size", 1024), dtype=getattr(torch, matmul.get("dtype", "float32")),
                                device=device)  # fmt: skip
-    common = [
-        "deepspeed=zero3",
-        f"deepspeed.precision={profile['precision']}",
-        f"train.log_steps={profile['log_steps']}",
-    ]
+
+    def policy_stage(steps: int, batch: int) -> list[str]:
+        """The overrides SFT and DPO share: the built model, ZeRO-3, the precision, steps, one micro-batch a step."""
+        return [f"model.name_or_path={paths['policy']}", "deepspeed=zero3",
+                f"deepspeed.precision={profile['precision']}", f"train.log_steps={profile['log_steps']}",
+                f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.micro_batch_size={batch}",
+                "train.eval_steps=0"]  # fmt: skip
+
     stages: dict[str, dict[str, Any]] = {}
 
     # 1. SFT
     sft_dir = root / "sft"
-    wall = train_stage("sft", sft_dir, [
-        f"model.name_or_path={paths['policy']}", *common, f"train.max_steps={profile['sft_steps']}",
-        f"train.batch_size={profile['sft_batch']}", f"train.micro_batch_size={profile['sft_batch']}",
-        "train.eval_steps=0", "data.eval_fraction=0",
-    ])  # fmt: skip
+    sft_overrides = policy_stage(profile["sft_steps"], profile["sft_batch"])
+    wall = train_stage("sft", sft_dir, [*sft_overrides, "data.eval_fraction=0"])
     tokens_per_second = steady_median(read_metrics(sft_dir), "train/input_tokens_per_second")
     stages["sft"] = {
         "wall_s": wall,
@@ -137,11 +137,8 @@ def run_check(root: Path, profile_name: str) -> dict[str, Any]:
 
     # 3. DPO
     dpo_dir = root / "dpo"
-    wall = train_stage("dpo", dpo_dir, [
-        f"model.name_or_path={paths['policy']}", *common, f"train.max_steps={profile['dpo_steps']}",
-        f"train.batch_size={profile['dpo_batch']}", f"train.micro_batch_size={profile['dpo_batch']}",
-        "train.eval_steps=0", "data.eval=null",
-    ])  # fmt: skip
+    dpo_overrides = policy_stage(profile["dpo_steps"], profile["dpo_batch"])
+    wall = train_stage("dpo", dpo_dir, [*dpo_overrides, "data.eval=null"])
     rows = read_metrics(dpo_dir)
     tokens_per_second = steady_median(rows, "train/input_tokens_per_second")
     stages["dpo"] = {
