@@ -193,6 +193,7 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
                 gather=config.generation.gather_weights,
                 world_size=distributed.world_size(),
             )
+            distributed.synchronize()
             generate_times.append(time.perf_counter() - start)
             tokens = torch.randint(3, 500, (share, prompt_tokens + new_tokens), device=device)
             mask = torch.ones_like(tokens)
@@ -201,12 +202,15 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
             start = time.perf_counter()
             loss = -policy_log_probs(actor, tokens, mask, 1.0).mean()
             actor.backward(loss)
+            distributed.synchronize()
             backward_times.append(time.perf_counter() - start)
             actor.optimizer.zero_grad()
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peaks = distributed.all_gather_cat(torch.tensor([peak_rss_mb]))
         # CUDA's allocator peak over the whole worker (models, optimizer states, rollouts, the parts above).
         peak_device_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        reserved_device_mb = torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None
+        estimate_mb = sum(e.device_total for e in recipe.memory_estimates) / 2**20  # the recipe's start-up estimate
         # The machine's practical limit: every process's matmul rate, measured now, on its own device and threads,
         # in the workload's compute precision, summed.
         from safe_rlhf.flops import matmul_rate
@@ -223,6 +227,7 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
             result = {
                 "workload": workload,
                 "setup": setup,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "processes": distributed.world_size(),
                 "seconds_per_iteration": median["iteration"],
                 "generation_s": median["generation"],
@@ -233,6 +238,8 @@ def worker(setup: str, root: Path, workload: str = "tiny-ppo") -> None:
                 "forward_backward_s": statistics.median(backward_times),
                 "peak_rss_mb_per_process": float(peaks.max()),
                 "peak_device_memory_mb": peak_device_mb,
+                "peak_device_reserved_mb": reserved_device_mb,
+                "memory_estimate_mb": estimate_mb,
                 "matmul_flops_per_second": machine_rate,
                 "flops": phase_flops,
                 "achieved_flops_per_second": achieved,
@@ -259,7 +266,7 @@ def iteration_flops(recipe: Any, prompts: int, prompt_tokens: int, new_tokens: i
             "iteration": generation + scoring + learning}  # fmt: skip
 
 
-def run_setup(setup: str, root: Path, workload: str = "tiny-ppo") -> dict[str, Any]:
+def run_setup(setup: str, root: Path, workload: str = "tiny-ppo", timeout: float | None = None) -> dict[str, Any]:
     from safe_rlhf.distributed import find_free_port
 
     processes = SETUPS[setup]["processes"]
@@ -273,7 +280,10 @@ def run_setup(setup: str, root: Path, workload: str = "tiny-ppo") -> dict[str, A
     else:
         deepspeed = str(Path(sys.executable).parent / "deepspeed")
         command = [deepspeed, "--num_gpus", str(processes), "--master_port", str(find_free_port()), *module_args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"benchmark {setup} did not finish within {timeout} s: {' '.join(command)}") from None
     for line in result.stdout.splitlines():
         if line.startswith("BENCH-RESULT "):
             return dict(json.loads(line[len("BENCH-RESULT ") :]))

@@ -47,6 +47,12 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend="gloo")
 
 
+def synchronize() -> None:
+    """Wait for this process's queued GPU work (a phase timer must not stop while its kernels run); no-op on CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize(device())
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 

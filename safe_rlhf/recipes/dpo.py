@@ -475,8 +475,8 @@ class DPORecipe:
         config = self.config.train
         watcher = PreemptionWatcher().install()
         self.engine.train()
-        start, start_step = time.perf_counter(), self.step
-        input_tokens = 0.0
+        # Rates over the steps since the last log (the first window pays for warm-up; evaluation is not counted).
+        window_start, window_step, input_tokens = time.perf_counter(), self.step, 0.0
         while self.step < self.total_steps:
             metrics = self.train_step(self.step)
             self.step += 1
@@ -485,17 +485,19 @@ class DPORecipe:
             stop_message = self.guard.end_step(self.skipped_micro_batches, self.step)
             metrics["train/nonfinite_steps"] = float(self.guard.total_skipped)
             if self.step % config.log_steps == 0 or self.step == self.total_steps or stop_message:
-                elapsed = max(time.perf_counter() - start, 1e-9)
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
                 metrics["train/lr"] = float(self.engine.get_lr()[0])
-                metrics["train/pairs_per_second"] = (self.step - start_step) * config.batch_size / elapsed
+                metrics["train/pairs_per_second"] = (self.step - window_step) * config.batch_size / elapsed
                 metrics["train/input_tokens_per_second"] = input_tokens / elapsed
                 metrics["train/epoch"] = self.step / self.schedule.steps_per_epoch
                 self.logger.log(metrics, step=self.step)
+                window_start, window_step, input_tokens = time.perf_counter(), self.step, 0.0
             if stop_message:
                 self.save_checkpoint()  # the weights never saw the bad gradients: the last good state
                 raise NonFiniteError(stop_message)
             if config.eval_steps and self.step % config.eval_steps == 0 and self.step < self.total_steps:
                 self.logger.log(self.evaluate(), step=self.step)
+                window_start = time.perf_counter()
             if save_or_stop(self.step, self.total_steps, config.save_steps, watcher, self.save_checkpoint, self.logger):
                 self.preempted = True
                 break

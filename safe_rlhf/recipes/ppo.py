@@ -534,6 +534,7 @@ class PPORecipe:
         start = time.perf_counter()
         pieces = [self.generate(prompts, seed) for prompts, seed in zip(prompt_chunks, seeds)]
         batch = concat_padded(pieces, self.tokenizer.pad_token_id)
+        distributed.synchronize()  # the phase timers stop when the GPU's work is done, not when it is queued
         timings["generation"] = time.perf_counter() - start
         start = time.perf_counter()
         input_ids, attention_mask, action_mask = batch.input_ids, batch.attention_mask, batch.action_mask
@@ -572,6 +573,7 @@ class PPORecipe:
             ).permute(0, 2, 1)  # (N, K, L-1)
         else:
             cost_values = torch.zeros(input_ids.shape[0], 0, input_ids.shape[1] - 1, device=input_ids.device)
+        distributed.synchronize()
         timings["scoring"] = time.perf_counter() - start
 
         # 5. streams and advantages: r_t = -beta kl_t + [last] R, c_t = +beta kl_t + [last] C; GAE on each.
@@ -831,6 +833,7 @@ class PPORecipe:
         for name in self.trainable_engines():
             self.engines[name].train()
         update_stats = self.update(rollout, lambdas)
+        distributed.synchronize()
         timings["learning"] = time.perf_counter() - learn_start
         return rollout, lambdas, update_stats, timings
 

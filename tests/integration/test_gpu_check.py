@@ -39,6 +39,8 @@ def test_gpu_check_dry_run_runs_sft_ppo_lag_and_dpo_under_zero3(tmp_path, safe_r
     ppo = figures["stages"]["ppo_lag"]
     assert 0 < ppo["generation_share"] < 1
     assert set(ppo["phase_flops_per_second"]) == {"generation", "scoring", "learning", "iteration"}
+    assert ppo["memory"]["estimate_bytes"] > 0  # the PPO recipe's start-up estimate, from the bench worker
+    assert figures["matmul_flops_per_second"] > 0 and figures["device"] == "cpu"
     for name in ("sft", "dpo"):  # the recipes' own memory report: measured peak and the start-up estimate
         memory = figures["stages"][name]["memory"]
         assert memory["measured_bytes"] > 0 and memory["estimate_bytes"] > 0, name
