@@ -10,7 +10,9 @@
 # 2. Reward-only PPO, the same budget each: plain; higher KL (0.5 instead of 0.2); a length penalty
 #    (ppo.length_penalty_coeff=0.05, 0.1 and 0.2); reward scaling (ppo.reward_scaling_clip=1); each reward-model variant;
 #    the length-balanced reward model with the 0.05 length penalty; the length-only reward
-#    (ppo.length_only_reward_target=12 tokens).
+#    (ppo.length_only_reward_target=12 tokens); a 0.075 and a 0.15 penalty, and KL 0.5 with the 0.05 penalty.
+#    RUNS="ppo ppo_length_penalty0.15" (a space-separated subset, in this order) runs only those, with the reward
+#    models they need.
 # 3. One arena over all of them on the held-out prompts (true helpfulness, lengths), judged by the plain reward model,
 #    and the length-bias diagnostics on it (the share of each policy's reward gain that length explains).
 # Stages whose model (or summary) exists are skipped, so a killed run continues where it stopped.
@@ -24,12 +26,22 @@ mkdir -p "$OUT/logs"
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+all_runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.1 ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only
+          ppo_rm_balanced ppo_rm_random_negatives ppo_rm_balanced_length_penalty ppo_length_penalty0.075
+          ppo_length_penalty0.15 ppo_kl0.5_length_penalty)
+read -r -a runs <<< "${RUNS:-${all_runs[*]}}"
+for run in "${runs[@]}"; do
+    [[ " ${all_runs[*]} " == *" $run "* ]] || { echo "length_study.sh: RUNS has an unknown run '$run'" >&2; exit 2; }
+done
 common=(seed="$SEED" logger=none)
 study_stage sft "$OUT/sft/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/sft" "${common[@]}"
 SFT=$OUT/sft/model
 declare -A rm_settings=([reward_model]="" [rm_balanced]="score.length_balance_bins=10"
                         [rm_random_negatives]="score.random_negative_fraction=0.5")
-for rm in reward_model rm_balanced rm_random_negatives; do
+needed_rms=(reward_model)  # the arena and the diagnostics judge with the plain reward model
+[[ " ${runs[*]} " == *" ppo_rm_balanced"* ]] && needed_rms+=(rm_balanced)
+[[ " ${runs[*]} " == *" ppo_rm_random_negatives "* ]] && needed_rms+=(rm_random_negatives)
+for rm in "${needed_rms[@]}"; do
     # shellcheck disable=SC2086  # the setting is one word or none
     study_stage "$rm" "$OUT/$rm/model/config.json" safe_rlhf.train --config-name reward_model output_dir="$OUT/$rm" \
         model.name_or_path="$SFT" "${common[@]}" ${rm_settings[$rm]}
@@ -42,10 +54,11 @@ declare -A ppo_settings=([ppo]="" [ppo_kl0.5]="ppo.kl_coeff=0.5" [ppo_length_pen
                          [ppo_length_penalty0.2]="ppo.length_penalty_coeff=0.2"
                          [ppo_reward_scaling]="ppo.reward_scaling_clip=1.0"
                          [ppo_length_only]="ppo.length_only_reward_target=12"
-                         [ppo_rm_balanced_length_penalty]="ppo.length_penalty_coeff=0.05")
+                         [ppo_rm_balanced_length_penalty]="ppo.length_penalty_coeff=0.05"
+                         [ppo_length_penalty0.075]="ppo.length_penalty_coeff=0.075"
+                         [ppo_length_penalty0.15]="ppo.length_penalty_coeff=0.15"
+                         [ppo_kl0.5_length_penalty]="ppo.kl_coeff=0.5 ppo.length_penalty_coeff=0.05")
 policies=("+policies.sft=$SFT")
-runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.1 ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only ppo_rm_balanced
-      ppo_rm_random_negatives ppo_rm_balanced_length_penalty)
 for run in "${runs[@]}"; do
     reward=$OUT/reward_model/model
     case $run in

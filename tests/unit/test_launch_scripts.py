@@ -245,7 +245,8 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
                            "ppo_kl0.5", "ppo_length_penalty", "ppo_length_penalty0.1", "ppo_length_penalty0.2",
                            "ppo_reward_scaling",
                            "ppo_length_only", "ppo_rm_balanced", "ppo_rm_random_negatives",
-                           "ppo_rm_balanced_length_penalty", "arena", "length_bias"]  # fmt: skip
+                           "ppo_rm_balanced_length_penalty", "ppo_length_penalty0.075", "ppo_length_penalty0.15",
+                           "ppo_kl0.5_length_penalty", "arena", "length_bias"]  # fmt: skip
     assert "score.random_negative_fraction=0.5" in argvs["rm_random_negatives"]
     assert "ppo.length_only_reward_target=12" in argvs["ppo_length_only"]
     root = tmp_path / "study" / "seed-4"
@@ -256,6 +257,29 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
     ppo_runs = [name for name in argvs if name.startswith("ppo")]
     assert all("--config-name" in argvs[n] and argvs[n][argvs[n].index("--config-name") + 1] == "ppo" for n in ppo_runs)
     assert f"+policies.ppo_kl0p5={root / 'ppo_kl0.5' / 'model'}" in argvs["arena"]
+    both = argvs["ppo_kl0.5_length_penalty"]  # two settings in one run, each its own override
+    assert "ppo.kl_coeff=0.5" in both and "ppo.length_penalty_coeff=0.05" in both
+
+
+def test_length_study_runs_a_subset_with_only_the_reward_models_it_needs(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    env = script_env(stubs, stub_log, PYTHON=str(python), RUNS="ppo ppo_length_penalty0.15")
+    result = run_script(LAUNCH_DIR / "length_study.sh", ["5", str(tmp_path / "study")], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    stages = [next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("output_dir=")).rsplit("/", 1)[1]
+              for c in calls(stub_log)]  # fmt: skip
+    assert stages == ["sft", "reward_model", "cost_model", "ppo", "ppo_length_penalty0.15", "arena", "length_bias"]
+    arena = calls(stub_log)[-2]["argv"]
+    assert sum(a.startswith("+policies.") for a in arena) == 3  # sft and the two runs
+
+
+def test_length_study_refuses_an_unknown_run_in_one_line(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    env = script_env(stubs, stub_log, PYTHON=str(python), RUNS="ppo ppo_typo")
+    result = run_script(LAUNCH_DIR / "length_study.sh", ["5", str(tmp_path / "study")], env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "length_study.sh: RUNS has an unknown run 'ppo_typo'"
+    assert calls(stub_log) == []  # refused before any stage ran
 
 
 # ---- system_message_study.sh (a study, not a launcher: its stages are python -m calls)
