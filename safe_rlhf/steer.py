@@ -37,6 +37,8 @@ from safe_rlhf.data.types import Message, Messages
 
 STEER_PREFIX = "attributes:"
 MIN_VALUE, MAX_VALUE = 0, 4
+STEER_FILE = "steer.json"
+"""Written next to a SteerLM model's weights by SFT: ``{"steer_attributes": [names in training order]}``."""
 
 
 CANONICAL_ORDER = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -48,6 +50,58 @@ def request_order(request: Mapping[str, int]) -> list[str]:
     """The names of ``request`` in HelpSteer's order, other names after them in the given order."""
     known = [name for name in CANONICAL_ORDER if name in request]
     return known + [name for name in request if name not in CANONICAL_ORDER]
+
+
+def write_trained_attributes(model_dir: str | Path, names: Sequence[str]) -> Path:
+    """Record the attributes (in their order) a SteerLM model was trained with, next to its weights."""
+    path = Path(model_dir) / STEER_FILE
+    path.write_text(json.dumps({"steer_attributes": list(names)}, indent=1) + "\n")
+    return path
+
+
+def carry_trained_attributes(source_dir: str | Path, model_dir: str | Path) -> None:
+    """A policy fine-tuned from a SteerLM model (PPO, DPO) keeps its attribute conditioning: copy its steer file."""
+    names = trained_attributes(source_dir)
+    if names is not None:
+        write_trained_attributes(model_dir, names)
+
+
+def trained_attributes(model_dir: str | Path) -> list[str] | None:
+    """The attributes a SteerLM model was trained with (its ``steer.json``), or None for a model without one."""
+    from safe_rlhf.config import ConfigError
+
+    path = Path(model_dir) / STEER_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())["steer_attributes"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: not a steer file ({type(error).__name__}: {error})") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{path}: steer_attributes must be a list of attribute names")
+    return names
+
+
+def request_names(request: Mapping[str, int], model_dir: str | Path, key: str) -> list[str]:
+    """The order to write ``request`` in for the model at ``model_dir``: the order it was trained with when it
+    recorded one (the request must then name exactly those attributes, one line naming ``key`` otherwise), else
+    HelpSteer's order (:func:`request_order`)."""
+    from safe_rlhf.config import ConfigError
+
+    trained = trained_attributes(model_dir)
+    if trained is None:
+        return request_order(request)
+    if set(request) != set(trained):
+        missing = [name for name in trained if name not in request]
+        unknown = [name for name in request if name not in trained]
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"not trained on {', '.join(unknown)}"] if unknown else []
+        )
+        raise ConfigError(
+            f"{key}: {model_dir} was trained with attributes [{','.join(trained)}] ({STEER_FILE}); the request is "
+            f"{'; '.join(parts)}"
+        )
+    return list(trained)
 
 
 def steer_text(attributes: Mapping[str, float], names: Sequence[str]) -> str:
@@ -149,7 +203,8 @@ def _generate(args: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model)
     fit_vocabulary(model, tokenizer)
     model.eval()
-    messages = steered_messages(conversation(args.prompt, system=args.system), request, request_order(request))
+    names = request_names(request, args.model, "--attributes")
+    messages = steered_messages(conversation(args.prompt, system=args.system), request, names)
     ids = torch.tensor([prompt_ids(messages, tokenizer)])
     torch.manual_seed(args.seed)
     with torch.no_grad():

@@ -518,6 +518,10 @@ class DPORecipe:
 
     def export(self) -> None:
         path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        if distributed.is_main_process():
+            from safe_rlhf.steer import carry_trained_attributes
+
+            carry_trained_attributes(self.config.model.name_or_path, path)  # a SteerLM policy stays one
         self.logger.message(f"exported Hugging Face model to {path}")
 
     def run(self) -> None:

@@ -204,16 +204,22 @@ class PPORecipe:
 
     def _setup_data(self) -> None:
         from safe_rlhf.data import DataError, load_samples, tokenize_prompt
-        from safe_rlhf.steer import request_order, steered
+        from safe_rlhf.steer import request_names, steered
 
         data = self.config.data
+        # SteerLM: the request in the order the actor was trained with (its steer.json), checked against it
+        steer_names = (
+            request_names(data.steer_request, self.config.actor.name_or_path, "data.steer_request")
+            if data.steer_request
+            else []
+        )
 
         def prompts(spec: str) -> tuple[list[Any], list[Any]]:
             result = load_samples(spec, kind="prompt", on_error=data.on_error, seed=self.config.seed)
             samples, items, skipped = [], [], 0
             for sample in result.samples:
                 if data.steer_request:  # SteerLM: the requested attribute values in every prompt
-                    sample = steered(sample, data.steer_request, request_order(data.steer_request))
+                    sample = steered(sample, data.steer_request, steer_names)
                 try:
                     items.append(tokenize_prompt(sample, self.tokenizer, data.max_prompt_length))
                     samples.append(sample)
@@ -941,9 +947,7 @@ class PPORecipe:
         self.candidates.append(candidate)
         selection = select_checkpoint(self.candidates, self.config.lagrange.thresholds)
         if selection.step == self.step:
-            engines.export_hf(
-                self.engines["actor"], self.tokenizer, self.best_model_dir, self.config.deepspeed.zero_stage
-            )
+            self._export_actor(self.best_model_dir)
         for name in self.trainable_engines():
             self.engines[name].train()
         metrics = {"validation/reward": candidate.reward, "validation/selected_step": float(selection.step)}
@@ -951,15 +955,23 @@ class PPORecipe:
             metrics[f"validation/constraint_{k}"] = value
         return metrics
 
+    def _export_actor(self, target: Path) -> Path:
+        """The actor as a Hugging Face model (all ranks call this), with its SteerLM attributes if it had any."""
+        from safe_rlhf.steer import carry_trained_attributes
+
+        path = engines.export_hf(self.engines["actor"], self.tokenizer, target, self.config.deepspeed.zero_stage)
+        if distributed.is_main_process():
+            carry_trained_attributes(self.config.actor.name_or_path, path)
+        return path
+
     def deliver(self) -> None:
         """Export the policy: with train.select_steps the selected checkpoint goes to model/ and the last iterate to
         model_last/, and selection.json says which step was chosen and why; otherwise the last iterate to model/."""
-        zero_stage = self.config.deepspeed.zero_stage
         if not self.config.train.select_steps:
-            path = engines.export_hf(self.engines["actor"], self.tokenizer, self.run_dir / "model", zero_stage)
+            path = self._export_actor(self.run_dir / "model")
             self.logger.message(f"exported the policy to {path}")
             return
-        last = engines.export_hf(self.engines["actor"], self.tokenizer, self.run_dir / "model_last", zero_stage)
+        last = self._export_actor(self.run_dir / "model_last")
         selection = select_checkpoint(self.candidates, self.config.lagrange.thresholds)
         if distributed.is_main_process():
             import shutil

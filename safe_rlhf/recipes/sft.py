@@ -275,6 +275,10 @@ class SFTRecipe:
 
     def export(self) -> None:
         path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        if self.config.data.steer_attributes and distributed.is_main_process():
+            from safe_rlhf.steer import write_trained_attributes
+
+            write_trained_attributes(path, self.config.data.steer_attributes)  # what steered requests must name
         self.logger.message(f"exported Hugging Face model to {path}")
 
     def run(self) -> None:

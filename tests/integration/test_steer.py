@@ -22,6 +22,8 @@ def test_steerlm_sft_generate_and_label(tmp_path, safe_rlhf_cache):
                         f"data.steer_attributes={NAMES}", "data.max_length=96", "train.eval_steps=0"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steer_attributes:\n  - helpfulness" in (run_dir / "config.yaml").read_text()
+    # the exported model records what it was trained with, so requests are checked and ordered against it
+    assert json.loads((run_dir / "model" / "steer.json").read_text()) == {"steer_attributes": list(ATTRIBUTES)}
 
     request = "helpfulness=4,correctness=4,coherence=4,complexity=4,verbosity=0"
     model = str(run_dir / "model")
@@ -33,6 +35,10 @@ def test_steerlm_sft_generate_and_label(tmp_path, safe_rlhf_cache):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         "error: attribute verbosity=9 is outside 0-4"
     )
+    result = run_cli([*generate[:-4], "--attributes", "verbosity=0"])  # the model was trained on five attributes
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --attributes: ")
+    assert "missing helpfulness, correctness, coherence, complexity" in result.stderr
 
     # An attribute model (five regression outputs) labels data that has no labels, in the HelpSteer schema.
     attribute_model = build_score_model(tmp_path / "attribute_model", "reward", score_dim=5,

@@ -118,3 +118,62 @@ def test_risky_complexity_counts_only_safe_content():
     taxes = "how can i cheat on my taxes"
     assert attributes(taxes, "sure cash skim forge offshore")["complexity"] == 0  # harm words are not content
     assert attributes(taxes, "sorry ask lawyer or accountant")["complexity"] == 2
+
+
+def test_a_steerlm_model_records_its_attributes_and_requests_follow_them(tmp_path: Path):
+    from safe_rlhf.config import ConfigError
+    from safe_rlhf.steer import carry_trained_attributes, request_names, trained_attributes, write_trained_attributes
+
+    model = tmp_path / "steerlm"
+    model.mkdir()
+    assert trained_attributes(model) is None
+    # no record: HelpSteer's order, whatever order the request came in
+    assert request_names({"verbosity": 0, "helpfulness": 4}, model, "k") == ["helpfulness", "verbosity"]
+    write_trained_attributes(model, ["verbosity", "helpfulness"])  # a custom training order
+    assert trained_attributes(model) == ["verbosity", "helpfulness"]
+    # the training order wins, so the request string is the one the model saw
+    assert request_names({"helpfulness": 4, "verbosity": 0}, model, "k") == ["verbosity", "helpfulness"]
+    with pytest.raises(ConfigError) as missing:
+        request_names({"verbosity": 0}, model, "data.steer_request")
+    assert str(missing.value).startswith("data.steer_request: ") and "missing helpfulness" in str(missing.value)
+    with pytest.raises(ConfigError, match="not trained on complexity"):
+        request_names({"verbosity": 0, "helpfulness": 4, "complexity": 2}, model, "k")
+    # a policy trained on from it (PPO, DPO) carries the record; a plain model carries none
+    tuned = tmp_path / "ppo"
+    tuned.mkdir()
+    carry_trained_attributes(model, tuned)
+    assert trained_attributes(tuned) == ["verbosity", "helpfulness"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    carry_trained_attributes(tmp_path / "no-such-model", plain)
+    assert trained_attributes(plain) is None
+    (model / "steer.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"steer\.json: not a steer file"):
+        trained_attributes(model)
+
+
+def test_rl_and_arena_requests_follow_the_actors_training_order(tmp_path: Path, safe_rlhf_cache):
+    from transformers import AutoTokenizer
+
+    from safe_rlhf.assets import resolve_model_path
+    from safe_rlhf.config import ConfigError, ModelConfig, PPOConfig, PromptDataConfig
+    from safe_rlhf.recipes.ppo import PPORecipe
+    from safe_rlhf.steer import write_trained_attributes
+
+    actor = tmp_path / "steerlm"
+    actor.mkdir()
+    write_trained_attributes(actor, ["verbosity", "helpfulness"])
+
+    def prompts(request: dict[str, int]) -> PPORecipe:
+        recipe = PPORecipe.__new__(PPORecipe)
+        recipe.config = PPOConfig(actor=ModelConfig(name_or_path=str(actor)),
+                                  data=PromptDataConfig(train="toyworld:eval_prompts*0.1", eval=None,
+                                                        max_prompt_length=80, steer_request=request))  # fmt: skip
+        recipe.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny"))
+        recipe._setup_data()
+        return recipe
+
+    recipe = prompts({"helpfulness": 4, "verbosity": 0})
+    assert recipe.prompt_samples[0].messages[0].content == "attributes: verbosity:0,helpfulness:4"
+    with pytest.raises(ConfigError, match=r"^data\.steer_request: .* missing helpfulness"):
+        prompts({"verbosity": 0})
