@@ -10,7 +10,8 @@
 # 2. Reward-only PPO, the same budget each: plain; higher KL (0.5 instead of 0.2); a length penalty
 #    (ppo.length_penalty_coeff=0.05, 0.1 and 0.2); reward scaling (ppo.reward_scaling_clip=1); each reward-model variant;
 #    the length-balanced reward model with the 0.05 length penalty; the length-only reward
-#    (ppo.length_only_reward_target=12 tokens); a 0.075 and a 0.15 penalty, and KL 0.5 with the 0.05 penalty.
+#    (ppo.length_only_reward_target=12 tokens); a 0.075 and a 0.15 penalty; KL 0.5 with the 0.05 penalty, KL 0.4 with
+#    0.05, KL 0.5 with 0.04.
 #    RUNS="ppo ppo_length_penalty0.15" (a space-separated subset, in this order) runs only those, with the reward
 #    models they need.
 # 3. One arena over all of them on the held-out prompts (true helpfulness, lengths), judged by the plain reward model,
@@ -28,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 all_runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.1 ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only
           ppo_rm_balanced ppo_rm_random_negatives ppo_rm_balanced_length_penalty ppo_length_penalty0.075
-          ppo_length_penalty0.15 ppo_kl0.5_length_penalty)
+          ppo_length_penalty0.15 ppo_kl0.5_length_penalty ppo_kl0.4_length_penalty ppo_kl0.5_length_penalty0.04)
 read -r -a runs <<< "${RUNS:-${all_runs[*]}}"
 for run in "${runs[@]}"; do
     [[ " ${all_runs[*]} " == *" $run "* ]] || { echo "length_study.sh: RUNS has an unknown run '$run'" >&2; exit 2; }
@@ -57,7 +58,9 @@ declare -A ppo_settings=([ppo]="" [ppo_kl0.5]="ppo.kl_coeff=0.5" [ppo_length_pen
                          [ppo_rm_balanced_length_penalty]="ppo.length_penalty_coeff=0.05"
                          [ppo_length_penalty0.075]="ppo.length_penalty_coeff=0.075"
                          [ppo_length_penalty0.15]="ppo.length_penalty_coeff=0.15"
-                         [ppo_kl0.5_length_penalty]="ppo.kl_coeff=0.5 ppo.length_penalty_coeff=0.05")
+                         [ppo_kl0.5_length_penalty]="ppo.kl_coeff=0.5 ppo.length_penalty_coeff=0.05"
+                         [ppo_kl0.4_length_penalty]="ppo.kl_coeff=0.4 ppo.length_penalty_coeff=0.05"
+                         [ppo_kl0.5_length_penalty0.04]="ppo.kl_coeff=0.5 ppo.length_penalty_coeff=0.04")
 policies=("+policies.sft=$SFT")
 for run in "${runs[@]}"; do
     reward=$OUT/reward_model/model

@@ -246,7 +246,8 @@ def test_length_study_runs_every_intervention_with_the_same_budget(stubs, stub_l
                            "ppo_reward_scaling",
                            "ppo_length_only", "ppo_rm_balanced", "ppo_rm_random_negatives",
                            "ppo_rm_balanced_length_penalty", "ppo_length_penalty0.075", "ppo_length_penalty0.15",
-                           "ppo_kl0.5_length_penalty", "arena", "length_bias"]  # fmt: skip
+                           "ppo_kl0.5_length_penalty", "ppo_kl0.4_length_penalty", "ppo_kl0.5_length_penalty0.04",
+                           "arena", "length_bias"]  # fmt: skip
     assert "score.random_negative_fraction=0.5" in argvs["rm_random_negatives"]
     assert "ppo.length_only_reward_target=12" in argvs["ppo_length_only"]
     root = tmp_path / "study" / "seed-4"
