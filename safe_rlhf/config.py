@@ -653,6 +653,12 @@ class LagrangeConfig:
     # A grouped constraint is E[cost_k | prompt in group] <= threshold_k: its window holds only the group's episodes
     # and its cost counts only on them, so a budget can hold under every kind of prompt, not just on average.
     prompt_groups: list[str | None] = field(default_factory=list)
+    # Where the cost critic's value heads start: "cost_model" (the cost model's head, as the reference does),
+    # "fresh" (a new head on the cost model's backbone: values near 0), or "auto": fresh where the cost model's
+    # head predicts something other than the cost stream, i.e. for a "rate" constraint (its episode cost is 0 or 1,
+    # the cost model's scores span about +-10). A critic with K heads from a model with another number of outputs
+    # always gets a fresh head.
+    critic_head: str = "cost_model"
 
     def __post_init__(self) -> None:
         count = len(self.thresholds)
@@ -672,6 +678,7 @@ class LagrangeConfig:
         for kind in self.constraint_types:
             _choice("lagrange.constraint_types[]", kind, ("mean", "rate"))
         _choice("lagrange.mode", self.mode, ("log", "pid"))
+        _choice("lagrange.critic_head", self.critic_head, ("cost_model", "fresh", "auto"))
         _positive("lagrange.init", self.init, allow_zero=self.mode == "pid")
         _positive("lagrange.lr", self.lr, allow_zero=True)
         _positive("lagrange.window_size", self.window_size)

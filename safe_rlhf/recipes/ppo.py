@@ -59,7 +59,7 @@ from safe_rlhf.algorithms import (
 )
 from safe_rlhf.algorithms.selection import Candidate, select_checkpoint
 from safe_rlhf.algorithms.sft import sft_loss_sum
-from safe_rlhf.config import ConfigError, PPOConfig
+from safe_rlhf.config import ConfigError, LagrangeConfig, PPOConfig
 from safe_rlhf.logger import write_run_files
 from safe_rlhf.moderation import is_moderation_model, moderation_costs
 from safe_rlhf.recipes.common import (
@@ -102,6 +102,13 @@ from safe_rlhf.score_model import (
 def ptx_max_length(config: PPOConfig) -> int:
     """Longest ptx sample: ``data.ptx_max_length``, or by default as long as a rollout (prompt + response budget)."""
     return config.data.ptx_max_length or config.data.max_prompt_length + config.generation.max_new_tokens
+
+
+def cost_critic_fresh_head(lagrange: LagrangeConfig, cost_model_outputs: int) -> bool:
+    """Whether the cost critic gets a fresh value head instead of the cost model's (see lagrange.critic_head)."""
+    if cost_model_outputs != len(lagrange.thresholds) or lagrange.critic_head == "fresh":
+        return True
+    return lagrange.critic_head == "auto" and "rate" in lagrange.constraint_types
 
 
 def prompt_group_members(metas: list[Any], groups: list[str | None], num_constraints: int) -> torch.Tensor:
@@ -344,9 +351,10 @@ class PPORecipe:
             raise ConfigError(f"recipe {self.variant} needs cost_model=DIR (a trained cost model directory)")
         if self.uses_cost_critic:
             count = len(config.lagrange.thresholds)
-            # One value head per constraint: a K-output cost model gives its head to the critic; otherwise the
-            # critic keeps the cost model's backbone with a fresh K-output head.
-            fresh_head = int(self.cost_metadata.get("score_dim", 1)) != count
+            # One value head per constraint: a K-output cost model gives its head to the critic unless
+            # lagrange.critic_head says otherwise; with another number of outputs the critic keeps the cost
+            # model's backbone with a fresh K-output head.
+            fresh_head = cost_critic_fresh_head(config.lagrange, int(self.cost_metadata.get("score_dim", 1)))
             cost_critic = load_score_model(config.cost_model, score_dim=count, dtype=dtype, new_head=fresh_head)
             engines.disable_dropout(cost_critic)
             cost_critic = engines.prepare_trainable(

@@ -183,7 +183,7 @@ def recording_python(stubs: Path) -> Path:
 
 
 def test_every_launcher_is_tested():
-    studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh", "lora_study.sh"}
+    studies = {"system_message_study.sh", "length_study.sh", "steerlm_study.sh", "lora_study.sh", "lagrange_study.sh"}
     assert {path.name for path in SCRIPTS} == {path.name for path in LAUNCHERS} | {"lib.sh"} | studies
 
 
@@ -281,6 +281,38 @@ def test_length_study_refuses_an_unknown_run_in_one_line(stubs, stub_log, tmp_pa
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "length_study.sh: RUNS has an unknown run 'ppo_typo'"
     assert calls(stub_log) == []  # refused before any stage ran
+
+
+def test_lagrange_study_runs_variants_on_the_pipelines_models_with_its_sweep_in_one_arena(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    base = tmp_path / "pipeline" / "seed-2"
+    runs = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping_0.1", "ppo_reward_shaping_2")
+    for run in runs:
+        (base / run / "model").mkdir(parents=True)
+        (base / run / "model" / "config.json").write_text("{}")
+    args = ["2", str(tmp_path / "pipeline"), str(tmp_path / "study")]
+    env = script_env(stubs, stub_log, PYTHON=str(python))
+    result = run_script(LAUNCH_DIR / "lagrange_study.sh", args, env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    train, arena = [c["argv"] for c in calls(stub_log)]
+    root = tmp_path / "study" / "seed-2"
+    assert f"output_dir={root / 'critic_fresh'}" in train and "lagrange.critic_head=fresh" in train
+    assert train[train.index("--config-name") + 1] == "ppo_lag" and "train.select_steps=10" in train
+    assert f"cost_model={base / 'cost_model' / 'model'}" in train and "seed=2" in train
+    policies = sorted(a.split("=", 1)[0] for a in arena if a.startswith("+policies."))
+    assert policies == ["+policies." + name for name in
+                        ("critic_fresh", "ppo", "ppo_lag", "sft", "shaping_0p1", "shaping_2")]  # fmt: skip
+    assert f"+policies.shaping_0p1={base / 'ppo_reward_shaping_0.1' / 'model'}" in arena
+
+
+def test_lagrange_study_needs_the_pipeline_run_first(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    args = ["4", str(tmp_path / "nowhere")]
+    env = script_env(stubs, stub_log, PYTHON=str(python))
+    result = run_script(LAUNCH_DIR / "lagrange_study.sh", args, env, tmp_path)
+    assert result.returncode == 2
+    assert "nowhere/seed-4/sft/model is missing" in result.stderr.strip().splitlines()[-1]
+    assert calls(stub_log) == []
 
 
 # ---- system_message_study.sh (a study, not a launcher: its stages are python -m calls)

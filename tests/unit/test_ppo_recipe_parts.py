@@ -267,3 +267,26 @@ def test_a_grouped_constraint_without_validation_prompts_is_refused_at_start_up(
     recipe.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny"))
     with pytest.raises(ConfigError, match=r"lagrange\.prompt_groups\[0\]=system_kind=nonexistent matches none of"):
         recipe._setup_data()
+
+
+# ------------------------------------------------------------------------------------- the cost critic's value head
+
+
+def test_cost_critic_head_choice():
+    from safe_rlhf.config import ConfigError
+    from safe_rlhf.recipes.ppo import cost_critic_fresh_head
+
+    rate = dict(thresholds=[0.05], constraint_types=["rate"], cost_indices=[0])
+    mean = dict(thresholds=[0.0], constraint_types=["mean"], cost_indices=[0])
+    # The cost model's head predicts its score: kept for a mean constraint under "auto", replaced for a rate one
+    # (a 0/1 episode cost), always kept under "cost_model" and always replaced under "fresh".
+    assert not cost_critic_fresh_head(LagrangeConfig(**mean, critic_head="auto"), 1)
+    assert cost_critic_fresh_head(LagrangeConfig(**rate, critic_head="auto"), 1)
+    assert not cost_critic_fresh_head(LagrangeConfig(**rate, critic_head="cost_model"), 1)
+    assert cost_critic_fresh_head(LagrangeConfig(**mean, critic_head="fresh"), 1)
+    # Two constraints from a one-output cost model: a fresh two-output head whatever the setting.
+    two = dict(thresholds=[0.0, 0.0], constraint_types=["mean", "mean"], cost_indices=[0, 0])
+    assert cost_critic_fresh_head(LagrangeConfig(**two, critic_head="cost_model"), 1)
+    assert not cost_critic_fresh_head(LagrangeConfig(**two, critic_head="cost_model"), 2)
+    with pytest.raises(ConfigError, match=r"lagrange\.critic_head=.new. is not valid"):
+        LagrangeConfig(**rate, critic_head="new")

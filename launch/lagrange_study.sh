@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Variants of PPO-Lagrangian against the pipeline's policies of one seed, in one arena (docs/studies.md):
+#
+#     make demo-seeds                                   # runs/demo-seeds/seed-{1..5}: SFT, models, PPO, PPO-Lag, sweep
+#     launch/lagrange_study.sh 1 runs/demo-seeds runs/lagrange-study     # then seeds 2-5; a few minutes per variant
+#
+# Every variant is PPO-Lag as the pipeline runs it (the same SFT policy, reward and cost models, held-out prompts,
+# budget of iterations and checkpoint selection) with one change:
+#   critic_fresh     the cost critic starts from a fresh value head (lagrange.critic_head=fresh) instead of the cost
+#                    model's, whose scores (about +-10) are not the 0/1 episode cost of a rate constraint.
+# RUNS="critic_fresh" (a space-separated subset) runs only those. The arena then holds SFT, reward-only PPO, the
+# pipeline's PPO-Lag, its fixed-lambda sweep (every ppo_reward_shaping_* run found) and the variants, judged by the
+# ground truth on the held-out prompts with sampling seed = SEED. Stages whose model (or summary) exists are skipped.
+set -euo pipefail
+
+SEED=${1:?usage: lagrange_study.sh SEED [PIPELINE_DIR] [OUTPUT_DIR]}
+BASE=${2:-runs/demo-seeds}/seed-$SEED
+OUT=${3:-runs/lagrange-study}/seed-$SEED
+PYTHON=${PYTHON:-.venv/bin/python}
+for needed in sft reward_model cost_model ppo ppo_lag; do
+    [ -e "$BASE/$needed/model/config.json" ] || {
+        echo "lagrange_study.sh: $BASE/$needed/model is missing; run the pipeline for seed $SEED first" >&2
+        exit 2
+    }
+done
+mkdir -p "$OUT/logs"
+
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+declare -A settings=([critic_fresh]="lagrange.critic_head=fresh")
+all_runs=(critic_fresh)
+read -r -a runs <<< "${RUNS:-${all_runs[*]}}"
+for run in "${runs[@]}"; do
+    [[ -n "${settings[$run]+set}" ]] || { echo "lagrange_study.sh: RUNS has an unknown run '$run'" >&2; exit 2; }
+done
+models=(actor.name_or_path="$BASE/sft/model" reward_model="$BASE/reward_model/model"
+        cost_model="$BASE/cost_model/model" seed="$SEED" logger=none data.validation_fraction=0.1)
+policies=("+policies.sft=$BASE/sft/model" "+policies.ppo=$BASE/ppo/model" "+policies.ppo_lag=$BASE/ppo_lag/model")
+for shaping in "$BASE"/ppo_reward_shaping_*/model; do
+    [ -e "$shaping/config.json" ] || continue
+    name=$(basename "$(dirname "$shaping")")
+    key=shaping_${name#ppo_reward_shaping_}
+    policies+=("+policies.${key//./p}=$shaping")  # no dots in a policy name (hydra keys)
+done
+for run in "${runs[@]}"; do
+    # shellcheck disable=SC2086  # the settings are words
+    study_stage "$run" "$OUT/$run/model/config.json" safe_rlhf.train --config-name ppo_lag output_dir="$OUT/$run" \
+        "${models[@]}" train.select_steps=10 ${settings[$run]}
+    policies+=("+policies.$run=$OUT/$run/model")
+done
+study_stage arena "$OUT/arena/summary.json" safe_rlhf.evaluate --config-name arena output_dir="$OUT/arena" \
+    "${policies[@]}" baseline=sft seed="$SEED" reward_model="$BASE/reward_model/model" \
+    cost_model="$BASE/cost_model/model"
+echo "arena: $OUT/arena/summary.json"
