@@ -30,10 +30,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 declare -A settings=([critic_fresh]="lagrange.critic_head=fresh")
 all_runs=(critic_fresh)
-read -r -a runs <<< "${RUNS:-${all_runs[*]}}"
-for run in "${runs[@]}"; do
-    [[ -n "${settings[$run]+set}" ]] || { echo "lagrange_study.sh: RUNS has an unknown run '$run'" >&2; exit 2; }
-done
+select_study_runs lagrange_study.sh "${all_runs[@]}"
+runs=("${STUDY_RUNS[@]}")
 models=(actor.name_or_path="$BASE/sft/model" reward_model="$BASE/reward_model/model"
         cost_model="$BASE/cost_model/model" seed="$SEED" logger=none data.validation_fraction=0.1)
 policies=("+policies.sft=$BASE/sft/model" "+policies.ppo=$BASE/ppo/model" "+policies.ppo_lag=$BASE/ppo_lag/model")

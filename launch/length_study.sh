@@ -30,10 +30,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 all_runs=(ppo ppo_kl0.5 ppo_length_penalty ppo_length_penalty0.1 ppo_length_penalty0.2 ppo_reward_scaling ppo_length_only
           ppo_rm_balanced ppo_rm_random_negatives ppo_rm_balanced_length_penalty ppo_length_penalty0.075
           ppo_length_penalty0.15 ppo_kl0.5_length_penalty ppo_kl0.4_length_penalty ppo_kl0.5_length_penalty0.04)
-read -r -a runs <<< "${RUNS:-${all_runs[*]}}"
-for run in "${runs[@]}"; do
-    [[ " ${all_runs[*]} " == *" $run "* ]] || { echo "length_study.sh: RUNS has an unknown run '$run'" >&2; exit 2; }
-done
+select_study_runs length_study.sh "${all_runs[@]}"
+runs=("${STUDY_RUNS[@]}")
 common=(seed="$SEED" logger=none)
 study_stage sft "$OUT/sft/model/config.json" safe_rlhf.train --config-name sft output_dir="$OUT/sft" "${common[@]}"
 SFT=$OUT/sft/model

@@ -285,3 +285,18 @@ study_stage() {
     }
     echo "$name: $((SECONDS - start)) s"
 }
+
+# Studies: select_study_runs SCRIPT RUN... sets STUDY_RUNS to the space-separated names in $RUNS (a subset, in the
+# order given) or to every RUN; a name that is not a RUN stops the study with a one-line error and status 2.
+select_study_runs() {
+    local script=$1
+    shift
+    local all=" $* " run
+    read -r -a STUDY_RUNS <<<"${RUNS:-$*}"
+    for run in "${STUDY_RUNS[@]}"; do
+        [[ "$all" == *" $run "* ]] || {
+            echo "$script: RUNS has an unknown run '$run'" >&2
+            exit 2
+        }
+    done
+}

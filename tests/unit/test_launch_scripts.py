@@ -315,6 +315,19 @@ def test_lagrange_study_needs_the_pipeline_run_first(stubs, stub_log, tmp_path):
     assert calls(stub_log) == []
 
 
+def test_lagrange_study_refuses_an_unknown_run_in_one_line(stubs, stub_log, tmp_path):
+    python = recording_python(stubs)
+    base = tmp_path / "pipeline" / "seed-1"
+    for run in ("sft", "reward_model", "cost_model", "ppo", "ppo_lag"):
+        (base / run / "model").mkdir(parents=True)
+        (base / run / "model" / "config.json").write_text("{}")
+    env = script_env(stubs, stub_log, PYTHON=str(python), RUNS="critic_fresh critic_typo")
+    result = run_script(LAUNCH_DIR / "lagrange_study.sh", ["1", str(tmp_path / "pipeline")], env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "lagrange_study.sh: RUNS has an unknown run 'critic_typo'"
+    assert calls(stub_log) == []
+
+
 # ---- system_message_study.sh (a study, not a launcher: its stages are python -m calls)
 
 
