@@ -8,6 +8,9 @@
 # budget of iterations and checkpoint selection) with one change:
 #   critic_fresh     the cost critic starts from a fresh value head (lagrange.critic_head=fresh) instead of the cost
 #                    model's, whose scores (about +-10) are not the 0/1 episode cost of a rate constraint.
+#   stream_probability  the cost critic and advantage follow the cost model's P(unsafe) = sigmoid(score) instead of
+#                    the 0/1 indicator (lagrange.rate_stream=probability); the multiplier still tracks the rate.
+#   stream_score     ... follow the cost score itself (lagrange.rate_stream=score), on its own +-10 scale.
 # RUNS="critic_fresh" (a space-separated subset) runs only those. The arena then holds SFT, reward-only PPO, the
 # pipeline's PPO-Lag, its fixed-lambda sweep (every ppo_reward_shaping_* run found) and the variants, judged by the
 # ground truth on the held-out prompts with sampling seed = SEED. Stages whose model (or summary) exists are skipped.
@@ -28,8 +31,10 @@ mkdir -p "$OUT/logs"
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-declare -A settings=([critic_fresh]="lagrange.critic_head=fresh")
-all_runs=(critic_fresh)
+declare -A settings=([critic_fresh]="lagrange.critic_head=fresh"
+                     [stream_probability]="lagrange.rate_stream=probability"
+                     [stream_score]="lagrange.rate_stream=score")
+all_runs=(critic_fresh stream_probability stream_score)
 select_study_runs lagrange_study.sh "${all_runs[@]}"
 runs=("${STUDY_RUNS[@]}")
 models=(actor.name_or_path="$BASE/sft/model" reward_model="$BASE/reward_model/model"

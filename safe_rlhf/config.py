@@ -659,6 +659,13 @@ class LagrangeConfig:
     # the cost model's scores span about +-10). A critic with K heads from a model with another number of outputs
     # always gets a fresh head.
     critic_head: str = "cost_model"
+    # What the cost critic learns and the cost advantage follows for a "rate" constraint: "indicator" (1 when the
+    # cost model says unsafe: the constrained quantity itself), "probability" (sigmoid of the raw cost score, the
+    # cost model's P(unsafe) as its classification loss trains it: on the indicator's 0-1 scale, so the multiplier's
+    # gains keep their meaning, but graded near the boundary where the indicator's advantage is all or nothing) or
+    # "score" (the cost score itself, normalized if configured, on its own scale). The multiplier tracks the
+    # indicator's rate in every case.
+    rate_stream: str = "indicator"
 
     def __post_init__(self) -> None:
         count = len(self.thresholds)
@@ -679,6 +686,7 @@ class LagrangeConfig:
             _choice("lagrange.constraint_types[]", kind, ("mean", "rate"))
         _choice("lagrange.mode", self.mode, ("log", "pid"))
         _choice("lagrange.critic_head", self.critic_head, ("cost_model", "fresh", "auto"))
+        _choice("lagrange.rate_stream", self.rate_stream, ("indicator", "probability", "score"))
         _positive("lagrange.init", self.init, allow_zero=self.mode == "pid")
         _positive("lagrange.lr", self.lr, allow_zero=True)
         _positive("lagrange.window_size", self.window_size)

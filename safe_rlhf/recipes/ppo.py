@@ -108,7 +108,9 @@ def cost_critic_fresh_head(lagrange: LagrangeConfig, cost_model_outputs: int) ->
     """Whether the cost critic gets a fresh value head instead of the cost model's (see lagrange.critic_head)."""
     if cost_model_outputs != len(lagrange.thresholds) or lagrange.critic_head == "fresh":
         return True
-    return lagrange.critic_head == "auto" and "rate" in lagrange.constraint_types
+    # auto: the cost model's head predicts the cost score, which is a rate constraint's stream only under
+    # lagrange.rate_stream=score (the indicator and the probability are on a 0-1 scale).
+    return lagrange.critic_head == "auto" and "rate" in lagrange.constraint_types and lagrange.rate_stream != "score"
 
 
 def prompt_group_members(metas: list[Any], groups: list[str | None], num_constraints: int) -> torch.Tensor:
@@ -493,6 +495,25 @@ class PPORecipe:
             columns.append((raw_costs[:, index] > 0).float() if kind == "rate" else costs[:, index])
         return torch.stack(columns, dim=1)
 
+    def stream_costs(
+        self, costs: torch.Tensor, raw_costs: torch.Tensor, episode_costs: torch.Tensor
+    ) -> torch.Tensor:  # (N, C) x2, (N, K) -> (N, K)
+        """Per constraint, the episode cost its cost critic learns and its advantage follows: the episode cost, except
+        for a "rate" constraint under ``lagrange.rate_stream`` = "probability" (sigmoid of the raw cost score) or
+        "score" (the cost score for use); the multiplier tracks the episode cost (the indicator) in every case."""
+        lagrange = self.config.lagrange
+        if lagrange.rate_stream == "indicator" or episode_costs.shape[1] == 0:
+            return episode_costs
+        columns = []
+        for k, (kind, index) in enumerate(zip(lagrange.constraint_types, lagrange.cost_indices)):
+            if kind != "rate":
+                columns.append(episode_costs[:, k])
+            elif lagrange.rate_stream == "probability":
+                columns.append(torch.sigmoid(raw_costs[:, index]))
+            else:
+                columns.append(costs[:, index])
+        return torch.stack(columns, dim=1)
+
     def transformed_rewards(
         self,
         rewards: torch.Tensor,  # (N,) reward-model scores of this rank's rollout batch
@@ -570,6 +591,7 @@ class PPORecipe:
             [item.meta for chunk in prompt_chunks for item in chunk], config.lagrange.prompt_groups, costs.shape[1]
         ).to(costs.device)
         costs = costs * members
+        stream_costs = self.stream_costs(costs_for_use, raw_costs, costs) * members  # what the cost critics learn
         # 3. reward transforms over the whole rollout batch (all ranks).
         rewards = self.transformed_rewards(rewards, costs, batch.ended_with_eos, batch.response_lengths)
         # 4. log-probs of the sampled tokens (actor = "old" policy, reference) and the critics' values.
@@ -601,7 +623,7 @@ class PPORecipe:
         for k in range(cost_values.shape[1]):
             # Cost streams carry +beta * KL: passing -kl_coeff flips the sign of the KL term only.
             cost_stream = kl_penalized_rewards(
-                costs[:, k], old_log_probs, ref_log_probs, action_mask, -ppo.kl_coeff, ppo.reward_clip
+                stream_costs[:, k], old_log_probs, ref_log_probs, action_mask, -ppo.kl_coeff, ppo.reward_clip
             )
             cost_advantages[:, k], cost_returns[:, k] = gae(
                 cost_stream, cost_values[:, k], action_mask, ppo.gamma, ppo.gae_lambda

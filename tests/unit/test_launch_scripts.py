@@ -294,14 +294,22 @@ def test_lagrange_study_runs_variants_on_the_pipelines_models_with_its_sweep_in_
     env = script_env(stubs, stub_log, PYTHON=str(python))
     result = run_script(LAUNCH_DIR / "lagrange_study.sh", args, env, tmp_path)
     assert result.returncode == 0, result.stderr
-    train, arena = [c["argv"] for c in calls(stub_log)]
+    *trains, arena = [c["argv"] for c in calls(stub_log)]
     root = tmp_path / "study" / "seed-2"
-    assert f"output_dir={root / 'critic_fresh'}" in train and "lagrange.critic_head=fresh" in train
-    assert train[train.index("--config-name") + 1] == "ppo_lag" and "train.select_steps=10" in train
-    assert f"cost_model={base / 'cost_model' / 'model'}" in train and "seed=2" in train
+    variants = {"critic_fresh": "lagrange.critic_head=fresh", "stream_probability": "lagrange.rate_stream=probability",
+                "stream_score": "lagrange.rate_stream=score"}  # fmt: skip
+    assert len(trains) == len(variants)
+    for train, (name, setting) in zip(trains, variants.items()):
+        assert f"output_dir={root / name}" in train and setting in train
+        assert train[train.index("--config-name") + 1] == "ppo_lag" and "train.select_steps=10" in train
+        assert f"cost_model={base / 'cost_model' / 'model'}" in train and "seed=2" in train
     policies = sorted(a.split("=", 1)[0] for a in arena if a.startswith("+policies."))
-    assert policies == ["+policies." + name for name in
-                        ("critic_fresh", "ppo", "ppo_lag", "sft", "shaping_0p1", "shaping_2")]  # fmt: skip
+    assert policies == [
+        "+policies." + name
+        for name in sorted(
+            ("critic_fresh", "stream_probability", "stream_score", "ppo", "ppo_lag", "sft", "shaping_0p1", "shaping_2")
+        )
+    ]
     assert f"+policies.shaping_0p1={base / 'ppo_reward_shaping_0.1' / 'model'}" in arena
 
 

@@ -80,6 +80,20 @@ def test_rate_constraint_reads_the_raw_cost_sign_when_scores_are_normalized():
     torch.testing.assert_close(costs, torch.tensor([[0.0, 0.5], [1.0, 1.5]]))
 
 
+def test_rate_stream_score_feeds_the_cost_score_to_the_critic_and_keeps_the_indicator_for_the_multiplier():
+    lagrange = dict(thresholds=[0.1, -1.0], constraint_types=["rate", "mean"], cost_indices=[0, 1])
+    scores, raw = torch.tensor([[0.5, 3.0], [1.5, -4.0]]), torch.tensor([[-1.0, 3.0], [2.0, -4.0]])
+    # sigmoid(-1) = 0.268941, sigmoid(2) = 0.880797
+    for rate_stream, expected_stream in (("indicator", [[0.0, 3.0], [1.0, -4.0]]),
+                                         ("probability", [[0.268941, 3.0], [0.880797, -4.0]]),
+                                         ("score", [[0.5, 3.0], [1.5, -4.0]])):  # fmt: skip
+        recipe = recipe_with(PPOConfig(lagrange=LagrangeConfig(**lagrange, rate_stream=rate_stream)))
+        episode_costs = recipe.episode_costs(scores, raw)
+        # The window (multiplier, logs) sees the indicator in both modes; the stream replaces only the rate column.
+        torch.testing.assert_close(episode_costs, torch.tensor([[0.0, 3.0], [1.0, -4.0]]))
+        torch.testing.assert_close(recipe.stream_costs(scores, raw, episode_costs), torch.tensor(expected_stream))
+
+
 # ----------------------------------------------------------------------------------------------------------- ptx
 
 
@@ -284,9 +298,13 @@ def test_cost_critic_head_choice():
     assert cost_critic_fresh_head(LagrangeConfig(**rate, critic_head="auto"), 1)
     assert not cost_critic_fresh_head(LagrangeConfig(**rate, critic_head="cost_model"), 1)
     assert cost_critic_fresh_head(LagrangeConfig(**mean, critic_head="fresh"), 1)
+    # A rate constraint whose stream is the cost score (lagrange.rate_stream=score): auto keeps the model's head.
+    assert not cost_critic_fresh_head(LagrangeConfig(**rate, critic_head="auto", rate_stream="score"), 1)
     # Two constraints from a one-output cost model: a fresh two-output head whatever the setting.
     two = dict(thresholds=[0.0, 0.0], constraint_types=["mean", "mean"], cost_indices=[0, 0])
     assert cost_critic_fresh_head(LagrangeConfig(**two, critic_head="cost_model"), 1)
     assert not cost_critic_fresh_head(LagrangeConfig(**two, critic_head="cost_model"), 2)
     with pytest.raises(ConfigError, match=r"lagrange\.critic_head=.new. is not valid"):
         LagrangeConfig(**rate, critic_head="new")
+    with pytest.raises(ConfigError, match=r"lagrange\.rate_stream=.raw. is not valid"):
+        LagrangeConfig(**rate, rate_stream="raw")
