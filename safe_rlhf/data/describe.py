@@ -9,7 +9,8 @@ Examples::
 
 Prints records read / kept / skipped per reason (overall and per source), label statistics for the kind (better /
 safer id counts, safe / unsafe counts, severity levels, harm categories, attribute means, prompt and response
-lengths in words and characters) and one example rendered with the default template. ``--json`` prints one JSON
+lengths in words and characters; for image datasets how many samples show an image, files against embedded bytes,
+distinct images and their sizes) and one example rendered with the default template. ``--json`` prints one JSON
 object with keys ``spec, kind, split, read, kept, skipped, sources, stats, example``.
 A DataError prints its one line to stderr and exits with status 2.
 """
@@ -17,6 +18,7 @@ A DataError prints its one line to stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -131,7 +133,27 @@ def label_stats(samples: Sequence[Sample], kind: str) -> dict[str, Any]:
         stats["response_length"] = _text_lengths([s.response for s in samples if isinstance(s, SFTSample)])
     elif kind == "prompt":
         stats["meta"] = _meta_stats([s for s in samples if isinstance(s, PromptSample)])
+    images = _image_stats(samples)
+    if images is not None:
+        stats["images"] = images
     return stats
+
+
+def _image_stats(samples: Sequence[Sample]) -> dict[str, Any] | None:
+    """How many samples show an image, where the images come from and their sizes; None for a text dataset."""
+    refs = [ref for sample in samples for ref in sample.images]
+    if not refs:
+        return None
+    distinct = {ref.path if ref.path is not None else hashlib.sha256(ref.data or b"").hexdigest() for ref in refs}
+    return {
+        "samples_with_images": sum(bool(sample.images) for sample in samples),
+        "images": len(refs),
+        "files": sum(ref.path is not None for ref in refs),
+        "embedded": sum(ref.path is None for ref in refs),
+        "distinct": len(distinct),
+        "width": length_stats(ref.size[0] for ref in refs),
+        "height": length_stats(ref.size[1] for ref in refs),
+    }
 
 
 def render_example(sample: Sample) -> str:
@@ -213,6 +235,14 @@ def format_report(report: dict[str, Any]) -> str:
         elif key == "meta":
             for name, counts in value.items():
                 lines.append(f"  meta {name}: {_format_counts(counts)}")
+        elif key == "images":
+            width, height = value["width"], value["height"]
+            lines.append(
+                f"  images: {value['samples_with_images']} samples show {value['images']} ({value['files']} files, "
+                f"{value['embedded']} embedded, {value['distinct']} distinct); width min {width['min']} / "
+                f"median {width['median']} / max {width['max']}; height min {height['min']} / "
+                f"median {height['median']} / max {height['max']}"
+            )
         elif isinstance(value, dict):
             lines.append(f"  {key}: {_format_counts(value)}")
         else:

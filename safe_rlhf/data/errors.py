@@ -22,6 +22,9 @@ INVALID_UTF8 = "invalid_utf8"  # a line that is not valid UTF-8
 CONTRADICTORY_LABELS = "contradictory_labels"  # the safer response is marked unsafe while the other is marked safe
 MALFORMED_DIALOGUE = "malformed_dialogue"  # a transcript / message list that cannot be split into turns + response
 PROMPT_TOO_LONG = "prompt_too_long"  # the rendered prompt leaves no room for a response (found at tokenization)
+MISSING_IMAGE = "missing_image"  # the image file a record names does not exist
+BAD_IMAGE = "bad_image"  # the image exists but does not decode (truncated, not an image, unsupported format)
+NO_PREFERENCE = "no_preference"  # a rated record whose completions all tie: no pair to learn from (VLFeedback)
 
 RECORD_REASONS = (
     MISSING_FIELD,
@@ -34,6 +37,9 @@ RECORD_REASONS = (
     CONTRADICTORY_LABELS,
     MALFORMED_DIALOGUE,
     PROMPT_TOO_LONG,
+    MISSING_IMAGE,
+    BAD_IMAGE,
+    NO_PREFERENCE,
 )
 
 _MAX_VALUE_CHARS = 60

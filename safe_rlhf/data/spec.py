@@ -30,6 +30,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from safe_rlhf.data.errors import DataError, RecordError, SpecError
 from safe_rlhf.data.readers import get_reader
@@ -194,7 +195,10 @@ def _load_component(component: DatasetSpec, kind: str, split: str, on_error: str
             if raw.error is not None:
                 raise raw.error
             assert raw.data is not None
-            sample = opened.parse(raw.data)
+            if opened.takes_base_dir:  # image paths resolve against the record's own file
+                sample = opened.parse(raw.data, Path(raw.path).parent if opened.local else None)
+            else:
+                sample = opened.parse(raw.data)
         except RecordError as error:
             if on_error == "raise":
                 raise DataError(

@@ -12,6 +12,10 @@ Four kinds, one dataclass each (all frozen):
 ``messages`` always holds the conversation *before* the response being trained on or generated: an optional system
 message first, then alternating user / assistant turns, ending with a user turn. ``.prompt`` is the text of that
 last user turn.
+
+``images`` holds the images of a multimodal sample (BeaverTails-V, SPA-VL, VLFeedback; empty for text): they belong
+to the first user turn, as in those datasets' single-turn image questions. Each is an
+:class:`~safe_rlhf.data.images.ImageRef`, checked decodable when the record was read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
+
+from safe_rlhf.data.images import ImageRef
 
 Role: TypeAlias = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -75,6 +81,8 @@ class SFTSample:
     """The conversation before the response: optional system message, history, final user turn."""
     response: str
     """The assistant response to learn (non-empty)."""
+    images: tuple[ImageRef, ...] = ()
+    """The images the first user turn shows (multimodal datasets); empty for text."""
     origin: str = field(default="", compare=False)
     """Where the sample came from, ``path:row``; used in error messages."""
 
@@ -108,6 +116,8 @@ class PreferenceSample:
     """Per response: PKU-SafeRLHF severity level 0 (safe) .. 3 (severe); None when unlabelled."""
     harm_categories: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
     """Per response: the harm categories flagged True (empty when none or unlabelled)."""
+    images: tuple[ImageRef, ...] = ()
+    """The images the first user turn shows (multimodal datasets); empty for text."""
     origin: str = field(default="", compare=False)
     """Where the sample came from, ``path:row``; used in error messages."""
 
@@ -149,6 +159,8 @@ class PromptSample:
     """The conversation; ends with the user turn to answer."""
     meta: Mapping[str, Any] = field(default_factory=dict)
     """Extra fields of the record (e.g. ``prompt_source``, ``risky``, ``topic``, ``category``)."""
+    images: tuple[ImageRef, ...] = ()
+    """The images the first user turn shows (multimodal datasets); empty for text."""
     origin: str = field(default="", compare=False)
     """Where the sample came from, ``path:row``; used in error messages."""
 
@@ -176,6 +188,8 @@ class AttributeSample:
     """The response the attributes describe."""
     attributes: Mapping[str, float] = field(default_factory=dict)
     """Attribute name -> value."""
+    images: tuple[ImageRef, ...] = ()
+    """The images the first user turn shows (multimodal datasets); empty for text."""
     origin: str = field(default="", compare=False)
     """Where the sample came from, ``path:row``; used in error messages."""
 

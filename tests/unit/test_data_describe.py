@@ -62,8 +62,8 @@ def test_data_error_exits_2_with_one_line(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"{path}:3: field 'better_response_id': expected 0 or 1, got 2\n"
-    assert main(["describe", "beavertails-v:x.jsonl", "--kind", "sft"]) == 2
-    assert "it supports: preference, prompt" in capsys.readouterr().err
+    assert main(["describe", "spa-vl:x.jsonl", "--kind", "attribute"]) == 2
+    assert "it supports: preference, sft, prompt" in capsys.readouterr().err
 
 
 def test_module_entry_point_subprocess():

@@ -99,7 +99,7 @@ def test_missing_file_and_bad_arguments():
         load_samples(f"sft:{FIXTURES / 'sft.jsonl'}", "rewards")
     with pytest.raises(DataError, match="on_error must be 'raise' or 'skip'"):
         load_samples(f"sft:{FIXTURES / 'sft.jsonl'}", "sft", on_error="ignore")
-    with pytest.raises(DataError, match="unknown dataset reader 'pku'; known: alpaca"):
+    with pytest.raises(DataError, match="unknown dataset reader 'pku'; known: align-anything-ti2t, alpaca"):
         load_samples("pku:/data", "preference")
 
 

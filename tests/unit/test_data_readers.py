@@ -474,11 +474,14 @@ def test_registry_names():
         "sft",
         "prompts",
         "toyworld",
+        "spa-vl",
+        "vlfeedback",
+        "align-anything-ti2t",
     } <= names
 
 
 def test_unsupported_kind_names_dataset_and_kinds():
     with pytest.raises(DataError) as caught:
-        load("beavertails-v", "beavertails_v.jsonl", "sft")
-    assert str(caught.value) == "dataset 'beavertails-v' cannot produce kind 'sft'; it supports: preference, prompt"
+        load("spa-vl", "spa_vl.jsonl", "attribute")
+    assert str(caught.value) == "dataset 'spa-vl' cannot produce kind 'attribute'; it supports: preference, sft, prompt"
     assert caught.value.reason == "unsupported_kind"

@@ -5,17 +5,23 @@
   ``330k_train`` / ``330k_test`` / ``30k_train`` / ``30k_test`` on the hub; a local copy laid out as
   ``330k/train.jsonl`` is found with ``@330k_train``.
 * ``beavertails-evaluation``: ``prompt, category, category_id`` -> prompt (category kept in ``meta``).
-* ``beavertails-v``: ``question, response_1, response_2, more_helpful_response_id (1/2), safer_response_id (1/2),
-  is_response_{1,2}_safe ('yes'/'no')``. The 1-based ids are converted to the 0-based ``better_id`` / ``safer_id``;
-  the image is not used (this trainer is text-only) and severity / harm categories are left unlabelled.
-  Kinds: preference, prompt (the question; ``category`` and ``image_severity`` kept in ``meta``).
+* ``beavertails-v``: ``question, image, response_1, response_2, more_helpful_response_id (1/2), safer_response_id
+  (1/2), is_response_{1,2}_safe ('yes'/'no')``, with ``category`` and ``image_severity`` per question. The 1-based
+  ids are converted to the 0-based ``better_id`` / ``safer_id``; the image (a path relative to the data file, or the
+  hub's ``{bytes, path}``) is checked and kept in ``images`` (``safe_rlhf.data.images``); severity / harm categories
+  of the responses are left unlabelled (the dataset rates harmlessness -3..3, not PKU's levels).
+  Kinds: preference, prompt (the question and image; ``category`` and ``image_severity`` kept in ``meta``).
+  The card's single-response configs (``question, image, category, image_severity, response, is_response_safe``)
+  give sft and attribute (``is_safe`` 1.0/0.0, ``image_severity``) samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from safe_rlhf.data.images import image_from_field
 from safe_rlhf.data.readers import fields
 from safe_rlhf.data.readers.registry import Reader, register_reader
 from safe_rlhf.data.types import AttributeSample, PreferenceSample, PromptSample, SFTSample, conversation
@@ -60,25 +66,51 @@ def _optional_yes_no(record: Mapping[str, Any], name: str) -> bool | None:
     return None if record.get(name) is None else fields.yes_no(record, name)
 
 
-def parse_v_preference(record: Mapping[str, Any]) -> PreferenceSample:
-    """BeaverTails-V record -> PreferenceSample; 1-based ids become 0-based, 'yes'/'no' become booleans."""
+def parse_v_preference(record: Mapping[str, Any], base_dir: Path | None = None) -> PreferenceSample:
+    """BeaverTails-V record -> PreferenceSample with its image; 1-based ids become 0-based, 'yes'/'no' booleans."""
     question = fields.prompt_text(record, "question")
     responses = (fields.response_text(record, "response_1"), fields.response_text(record, "response_2"))
-    better_id = fields.choice_id(record, "more_helpful_response_id", (1, 2)) - 1
-    safer_one_based = fields.optional_choice_id(record, "safer_response_id", (1, 2))
+    better_id = fields.choice_id(record, "more_helpful_response_id", (1, 2), numeric_strings=True) - 1
+    safer_one_based = fields.optional_choice_id(record, "safer_response_id", (1, 2), numeric_strings=True)
     safer_id = None if safer_one_based is None else safer_one_based - 1
     is_safe = (_optional_yes_no(record, "is_response_1_safe"), _optional_yes_no(record, "is_response_2_safe"))
     fields.check_safer_consistent(safer_id, is_safe, "safer_response_id", id_base=1)
+    image = image_from_field(record, "image", base_dir)
     return PreferenceSample(
-        messages=conversation(question), responses=responses, better_id=better_id, safer_id=safer_id, is_safe=is_safe
+        messages=conversation(question),
+        responses=responses,
+        better_id=better_id,
+        safer_id=safer_id,
+        is_safe=is_safe,
+        images=(image,),
     )
 
 
-def parse_v_prompt(record: Mapping[str, Any]) -> PromptSample:
-    """BeaverTails-V question -> PromptSample with ``category`` / ``image_severity`` in ``meta``."""
+def parse_v_prompt(record: Mapping[str, Any], base_dir: Path | None = None) -> PromptSample:
+    """BeaverTails-V question and image -> PromptSample with ``category`` / ``image_severity`` in ``meta``."""
     question = fields.prompt_text(record, "question")
     meta = {key: record[key] for key in ("category", "image_severity") if record.get(key) is not None}
-    return PromptSample(messages=conversation(question), meta=meta)
+    image = image_from_field(record, "image", base_dir)
+    return PromptSample(messages=conversation(question), meta=meta, images=(image,))
+
+
+def parse_v_sft(record: Mapping[str, Any], base_dir: Path | None = None) -> SFTSample:
+    """BeaverTails-V single-response record -> SFTSample (question and image, ``response``)."""
+    question = fields.prompt_text(record, "question")
+    response = fields.response_text(record, "response")
+    return SFTSample(
+        messages=conversation(question), response=response, images=(image_from_field(record, "image", base_dir),)
+    )
+
+
+def parse_v_attribute(record: Mapping[str, Any], base_dir: Path | None = None) -> AttributeSample:
+    """BeaverTails-V single-response record -> AttributeSample: ``is_safe`` and, when given, ``image_severity``."""
+    sft = parse_v_sft(record, base_dir)
+    attributes = {"is_safe": float(fields.yes_no(record, "is_response_safe"))}
+    severity = fields.optional_int_in_range(record, "image_severity", 0, 100)
+    if severity is not None:
+        attributes["image_severity"] = float(severity)
+    return AttributeSample(messages=sft.messages, response=sft.response, attributes=attributes, images=sft.images)
 
 
 register_reader(
@@ -100,8 +132,14 @@ register_reader(
 register_reader(
     Reader(
         "beavertails-v",
-        "BeaverTails-V preferences (1-based ids, 'yes'/'no' safety labels; image ignored)",
-        {"preference": parse_v_preference, "prompt": parse_v_prompt},
+        "BeaverTails-V image-question preferences (1-based ids, 'yes'/'no' safety labels)",
+        {
+            "preference": parse_v_preference,
+            "prompt": parse_v_prompt,
+            "sft": parse_v_sft,
+            "attribute": parse_v_attribute,
+        },
         hub_id="PKU-Alignment/BeaverTails-V",
+        takes_base_dir=True,
     )
 )

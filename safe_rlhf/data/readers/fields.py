@@ -69,10 +69,16 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def choice_id(record: Mapping[str, Any], name: str, choices: tuple[int, ...] = (0, 1)) -> int:
-    """A required integer id that must be one of ``choices`` (e.g. ``better_response_id`` in 0/1)."""
+def choice_id(
+    record: Mapping[str, Any], name: str, choices: tuple[int, ...] = (0, 1), numeric_strings: bool = False
+) -> int:
+    """A required integer id that must be one of ``choices`` (e.g. ``better_response_id`` in 0/1).
+
+    ``numeric_strings``: also accept ``"1"`` (BeaverTails-V's hub card types its ids as strings)."""
     value = require(record, name)
     number = _as_int(value)
+    if number is None and numeric_strings and isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
     allowed = " or ".join(str(c) for c in choices)
     if number is None:
         raise RecordError(WRONG_TYPE, name, f"expected {allowed}, got {describe_value(value)}")
@@ -81,11 +87,13 @@ def choice_id(record: Mapping[str, Any], name: str, choices: tuple[int, ...] = (
     return number
 
 
-def optional_choice_id(record: Mapping[str, Any], name: str, choices: tuple[int, ...] = (0, 1)) -> int | None:
+def optional_choice_id(
+    record: Mapping[str, Any], name: str, choices: tuple[int, ...] = (0, 1), numeric_strings: bool = False
+) -> int | None:
     """Like :func:`choice_id` but absent / null -> None."""
     if record.get(name) is None:
         return None
-    return choice_id(record, name, choices)
+    return choice_id(record, name, choices, numeric_strings)
 
 
 def optional_int_in_range(record: Mapping[str, Any], name: str, low: int, high: int) -> int | None:

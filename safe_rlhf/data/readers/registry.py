@@ -2,6 +2,8 @@
 
 A reader maps a kind (``"sft"``, ``"preference"``, ``"prompt"``, ``"attribute"``) to a record parser, a function
 ``(record: Mapping[str, Any]) -> Sample`` that raises :class:`~safe_rlhf.data.errors.RecordError` for a bad record.
+A reader with ``takes_base_dir`` (the multimodal datasets) has parsers ``(record, base_dir) -> Sample``: ``base_dir``
+is the directory of the file the record came from (None for a hub dataset), against which image paths resolve.
 Opening a reader on a source (local path, glob or hub id) yields raw records tagged with file and row; the loader in
 :mod:`safe_rlhf.data.spec` parses them and applies the ``on_error`` policy.
 """
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from safe_rlhf.data.errors import DataError
 from safe_rlhf.data.readers.files import RawRecord, iter_file, iter_hub, looks_local, resolve_local
 from safe_rlhf.data.types import Sample
 
-RecordParser = Callable[[Mapping[str, Any]], Sample]
+RecordParser = Callable[..., Sample]
+"""``(record) -> Sample``, or ``(record, base_dir) -> Sample`` for a reader with ``takes_base_dir``."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class OpenedSource:
     """Turns one record into a sample of the requested kind."""
     files: tuple[str, ...]
     """The files (or hub id) read, for the stats."""
+    takes_base_dir: bool = False
+    """``parse(record, base_dir)``: the directory of the record's file (None for a hub dataset) as second argument."""
+    local: bool = True
+    """The records come from local files (``RawRecord.path`` is a file), not from the hub."""
 
 
 Opener = Callable[["Reader", str, "str | None", str, str], OpenedSource]
@@ -52,6 +58,8 @@ class Reader:
     """Custom source resolution (toyworld); by default sources are local paths / globs or hub ids."""
     source_kinds: Callable[[str], tuple[str, ...]] | None = field(default=None, compare=False)
     """For readers whose kinds depend on the source (toyworld): source -> kinds."""
+    takes_base_dir: bool = False
+    """The parsers take ``(record, base_dir)``: records name image files relative to their data file."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -87,8 +95,9 @@ class Reader:
                 for path in paths:
                     yield from iter_file(path, split)
 
-            return OpenedSource(local_records(), parse, tuple(str(p) for p in paths))
-        return OpenedSource(iter_hub(source, split, config, self.config_as_data_dir), parse, (f"{source}@{split}",))
+            return OpenedSource(local_records(), parse, tuple(str(p) for p in paths), self.takes_base_dir)
+        records = iter_hub(source, split, config, self.config_as_data_dir)
+        return OpenedSource(records, parse, (f"{source}@{split}",), self.takes_base_dir, local=False)
 
 
 _REGISTRY: dict[str, Reader] = {}
