@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--prompt", required=True)
     judge.add_argument("--response", required=True)
     judge.add_argument("--system", default=None, help="a system message: helpfulness under its stated preferences")
+    judge.add_argument("--image-class", default=None, help="the picture an image question asks about (vision world)")
+
+    vision = commands.add_parser("vision", help="write the multimodal world's files (images + seed schemas)")
+    vision.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    vision.add_argument("--seed", type=int, default=0)
 
     corpus = commands.add_parser("corpus", help="write tokenizer-training text in the world's language")
     corpus.add_argument("--out", type=Path, required=True, help="output file")
@@ -110,6 +116,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{stats[name]['response_severity_counts']}"
             )
         print(f"generated in {elapsed:.2f} s")
+    elif args.command == "vision":
+        from safe_rlhf.toyworld.vision_data import generate_vision
+
+        started = time.perf_counter()
+        paths = generate_vision(args.out, seed=args.seed)
+        for name, path in paths.items():
+            print(f"{name:24s} {path}")
+        world = json.loads((Path(args.out) / "world.json").read_text(encoding="utf-8"))
+        print(f"{world['stats']}; generated in {time.perf_counter() - started:.2f} s")
+    elif args.command == "judge" and args.image_class is not None:
+        from safe_rlhf.toyworld import vision
+
+        try:
+            request = vision.request_of(args.prompt, args.image_class)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        verdict = vision.harm(args.prompt, args.image_class, args.response)
+        described = (
+            "unknown (not an image question)" if request is None else f"risky={request.risky} task={request.task!r}"
+        )
+        print(f"request:     {described}")
+        print(f"helpfulness: {vision.helpfulness(args.prompt, args.image_class, args.response):g}")
+        print(f"harm:        severity={verdict.severity} safe={verdict.is_safe} categories={list(verdict.categories)}")
     elif args.command == "judge":
         request = find_request(args.prompt)
         verdict = harm(args.prompt, args.response)

@@ -699,13 +699,13 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("SAFE_RLHF_CACHE", Path.home() / ".cache" / "safe_rlhf"))
 
 
-def _is_complete(folder: Path) -> bool:
-    """A folder holds a finished generation of the current format (``world.json`` is written last)."""
+def _is_complete(folder: Path, format_version: int = FORMAT_VERSION) -> bool:
+    """A folder holds a finished generation of ``format_version`` (``world.json`` is written last)."""
     try:
         world = json.loads((folder / "world.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return world.get("format_version") == FORMAT_VERSION and all(
+    return world.get("format_version") == format_version and all(
         (folder / name).is_file() for name in world.get("files", {}).values()
     )
 
@@ -715,25 +715,24 @@ def _paths_in(folder: Path) -> dict[str, Path]:
     return {name: folder / file_name for name, file_name in world["files"].items()}
 
 
-def ensure_generated(cache_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
-    """Generate the default-sized world for ``seed`` once into ``cache_dir`` and return its files by name.
+def ensure_folder(folder: Path, write: Callable[[Path], object], format_version: int) -> dict[str, Path]:
+    """Run ``write(staging)`` once for ``folder`` and return the files its ``world.json`` lists by name.
 
-    ``cache_dir`` defaults to ``$SAFE_RLHF_CACHE/toyworld-seed{seed}``. Safe when several processes call it at once:
-    one generates under a file lock into a temporary folder that is renamed into place, the others wait and reuse it.
-    A folder from an older ``FORMAT_VERSION`` (or an empty one) is replaced; any other existing folder is an error.
+    Safe when several processes call it at once: one writes under a file lock into a temporary folder that is
+    renamed into place, the others wait and reuse it. A folder of another ``format_version`` (or an empty one) is
+    replaced; any other existing folder is an error.
     """
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_root() / f"toyworld-seed{seed}"
-    if _is_complete(folder):
+    if _is_complete(folder, format_version):
         return _paths_in(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f".{folder.name}.lock")):
-        if _is_complete(folder):  # another process finished while we waited
+        if _is_complete(folder, format_version):  # another process finished while we waited
             return _paths_in(folder)
         if folder.exists() and any(folder.iterdir()) and not (folder / "world.json").is_file():
             raise FileExistsError(f"{folder} exists and is not a toy-world folder; remove it or pass another cache_dir")
         staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            generate(staging, seed=seed)
+            write(staging)
             if folder.exists():  # empty or an older format: move aside, then delete once the new one is in place
                 stale = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
                 folder.rename(stale)
@@ -744,6 +743,16 @@ def ensure_generated(cache_dir: Path | None = None, seed: int = 0) -> dict[str, 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return _paths_in(folder)
+
+
+def ensure_generated(cache_dir: Path | None = None, seed: int = 0) -> dict[str, Path]:
+    """Generate the default-sized world for ``seed`` once into ``cache_dir`` and return its files by name.
+
+    ``cache_dir`` defaults to ``$SAFE_RLHF_CACHE/toyworld-seed{seed}``; concurrent callers are safe
+    (:func:`ensure_folder`).
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_root() / f"toyworld-seed{seed}"
+    return ensure_folder(folder, lambda staging: generate(staging, seed=seed), FORMAT_VERSION)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -104,12 +104,16 @@ def parse_v_sft(record: Mapping[str, Any], base_dir: Path | None = None) -> SFTS
 
 
 def parse_v_attribute(record: Mapping[str, Any], base_dir: Path | None = None) -> AttributeSample:
-    """BeaverTails-V single-response record -> AttributeSample: ``is_safe`` and, when given, ``image_severity``."""
+    """BeaverTails-V single-response record -> AttributeSample: ``is_safe`` and, when given, ``image_severity`` and
+    ``severity_level`` (PKU-SafeRLHF's 0-3, which the toy world's copy adds)."""
     sft = parse_v_sft(record, base_dir)
     attributes = {"is_safe": float(fields.yes_no(record, "is_response_safe"))}
-    severity = fields.optional_int_in_range(record, "image_severity", 0, 100)
+    image_severity = fields.optional_int_in_range(record, "image_severity", 0, 100)
+    if image_severity is not None:
+        attributes["image_severity"] = float(image_severity)
+    severity = fields.optional_int_in_range(record, "severity_level", 0, 3)  # PKU's levels, where a copy adds them
     if severity is not None:
-        attributes["image_severity"] = float(severity)
+        attributes["severity_level"] = float(severity)
     return AttributeSample(messages=sft.messages, response=sft.response, attributes=attributes, images=sft.images)
 
 

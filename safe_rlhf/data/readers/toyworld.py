@@ -14,6 +14,11 @@ each is then read with the real reader for its schema:
 * ``system_sft`` / ``system_sft_generic`` / ``system_preference`` -> ``multifaceted`` reader (the Multifaceted
   Collection SFT and DPO forms, Janus): sft (and preference for the DPO form), prompt.
 * ``system_prompts`` / ``system_eval`` / ``system_eval_authority`` -> ``prompts`` reader with a ``system`` field.
+* ``vision_*``: the multimodal world (``safe_rlhf.toyworld.vision_data``), each file in its seed dataset's schema:
+  ``vision_preference`` / ``_test`` -> ``beavertails-v``, ``vision_spa`` -> ``spa-vl`` (parquet, embedded images),
+  ``vision_feedback`` -> ``vlfeedback``, ``vision_qa`` / ``_test`` -> ``beavertails-v`` (single-response form),
+  ``vision_sft`` -> ``sft`` and ``vision_prompts`` / ``vision_eval_prompts`` / ``vision_eval_swapped`` -> ``prompts``
+  (with an ``image`` field).
 * ``steer_sft`` / ``steer_test`` -> ``helpsteer`` reader (the exact HelpSteer schema; attributes from the ground
   truth, ``steer_data.py``): attribute, sft, prompt.
 
@@ -45,6 +50,17 @@ TOYWORLD_FILES: dict[str, str] = {
     "system_eval_authority": "prompts",
     "steer_sft": "helpsteer",
     "steer_test": "helpsteer",
+    # the multimodal world (safe_rlhf.toyworld.vision_data): every record shows a rendered image
+    "vision_sft": "sft",
+    "vision_preference": "beavertails-v",
+    "vision_preference_test": "beavertails-v",
+    "vision_spa": "spa-vl",
+    "vision_feedback": "vlfeedback",
+    "vision_qa": "beavertails-v",
+    "vision_qa_test": "beavertails-v",
+    "vision_prompts": "prompts",
+    "vision_eval_prompts": "prompts",
+    "vision_eval_swapped": "prompts",
 }
 
 
@@ -57,8 +73,18 @@ def _file_name(source: str) -> str:
     return name
 
 
+# Files in only one of their reader's schemas: the kinds that schema gives (the first is the default).
+TOYWORLD_KINDS: dict[str, tuple[str, ...]] = {
+    "vision_qa": ("attribute", "sft", "prompt"),  # BeaverTails-V's single-response form
+    "vision_qa_test": ("attribute", "sft", "prompt"),
+    "vision_preference": ("preference", "prompt"),  # ... and its pairwise form
+    "vision_preference_test": ("preference", "prompt"),
+}
+
+
 def _kinds(source: str) -> tuple[str, ...]:
-    return get_reader(TOYWORLD_FILES[_file_name(source)]).kinds
+    name = _file_name(source)
+    return TOYWORLD_KINDS.get(name, get_reader(TOYWORLD_FILES[name]).kinds)
 
 
 def generated_paths() -> dict[str, Path]:
@@ -67,13 +93,24 @@ def generated_paths() -> dict[str, Path]:
     return dict(toyworld.ensure_generated())
 
 
+def generated_vision_paths() -> dict[str, Path]:
+    """The multimodal world's files, generated if needed (``vision_data.ensure_vision_generated()``)."""
+    vision_data = importlib.import_module("safe_rlhf.toyworld.vision_data")
+    return dict(vision_data.ensure_vision_generated())
+
+
 def _open(reader: Reader, source: str, config: str | None, split: str, kind: str) -> OpenedSource:
     name = _file_name(source)
     if config is not None:
         raise DataError(f"toyworld:{name} takes no %CONFIG (got {config!r})", reason="bad_spec")
     underlying = get_reader(TOYWORLD_FILES[name])
     underlying.parser_for(kind, shown_as=f"toyworld:{name}")  # fail on the kind before generating anything
-    paths = generated_paths()
+    if kind not in _kinds(name):
+        raise DataError(
+            f"dataset 'toyworld:{name}' cannot produce kind {kind!r}; it supports: {', '.join(_kinds(name))}",
+            reason="unsupported_kind",
+        )
+    paths = generated_vision_paths() if name.startswith("vision_") else generated_paths()
     if name not in paths:
         raise DataError(f"safe_rlhf.toyworld.ensure_generated() returned no {name!r} file", reason="not_found")
     return underlying.open(str(paths[name]), None, split, kind)
