@@ -343,7 +343,7 @@ def check_model_path(name_or_path: str, key: str | None = None) -> None:
         raise ConfigError(f"{named}: is a file; give a Hugging Face model directory or a hub id")
     if name_or_path.startswith(TINY_MODEL_ALIAS + "-") and tiny_alias_architecture(name_or_path) is None:
         known = ", ".join(f"{TINY_MODEL_ALIAS}-{name.replace('_', '-')}" for name in TINY_ARCHITECTURES)
-        raise ConfigError(f"{named}: no such built-in tiny model (known: {TINY_MODEL_ALIAS}, {known})")
+        raise ConfigError(f"{named}: no such built-in tiny model (known: {TINY_MODEL_ALIAS}, {known}, tiny-vlm)")
     if looks_like_local_path(name_or_path):
         raise ConfigError(
             f"{named}: no such model directory (hub ids look like ORG/NAME; '{TINY_MODEL_ALIAS}' is the built-in "
@@ -369,6 +369,10 @@ def from_pretrained(loader: Any, path: str, *, key: str | None = None, **kwargs:
 def resolve_model_path(name_or_path: str, key: str | None = None) -> str:
     """Map the ``tiny`` alias to the cached tiny assets (built once, safely across ranks); check the others (see
     :func:`check_model_path`) and pass them through."""
+    if name_or_path == "tiny-vlm":  # the tiny vision-language model (safe_rlhf.vision_models)
+        from safe_rlhf.vision_models import resolve_tiny_vlm
+
+        return resolve_tiny_vlm()
     architecture = tiny_alias_architecture(name_or_path)
     if architecture is None:
         check_model_path(name_or_path, key)

@@ -97,6 +97,7 @@ def token_scores(
     model: Any,
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
+    **image_inputs: torch.Tensor,  # a VLM's pixel_values (B, C, H, W) and the like; none for text
 ) -> torch.Tensor:  # (B, L, K): the head applied at every position (critics use all of them)
     """The ``score`` head's output at every position, from one call of ``model`` itself.
 
@@ -125,6 +126,7 @@ def token_scores(
             attention_mask=attention_mask,
             use_cache=False,
             **position_kwargs(model, attention_mask),
+            **image_inputs,
         )
     finally:
         handle.remove()
@@ -171,9 +173,10 @@ def end_scores(
     model: Any,
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
+    **image_inputs: torch.Tensor,  # a VLM's pixel_values; none for text
 ) -> torch.Tensor:  # (B, K)
     """Raw (unnormalized) scores at each sequence's last real token."""
-    scores = token_scores(model, input_ids, attention_mask)  # (B, L, K)
+    scores = token_scores(model, input_ids, attention_mask, **image_inputs)  # (B, L, K)
     index = last_token_index(attention_mask)  # (B,)
     return scores[torch.arange(scores.shape[0], device=scores.device), index]
 
@@ -244,6 +247,10 @@ def load_score_model(
 
     resolved = resolve_model_path(path)
     config = from_pretrained(AutoConfig, resolved, trust_remote_code=trust_remote_code)  # one line on a bad dir
+    if getattr(config, "vision_config", None) is not None:
+        from safe_rlhf.vision_models import register_vlm_score_models
+
+        register_vlm_score_models()  # transformers has no score class for most VLMs
     if score_dim is not None:
         config.num_labels = score_dim
     model = AutoModelForSequenceClassification.from_pretrained(
