@@ -26,7 +26,6 @@ import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,18 +210,28 @@ def load_processor(path: str, *, trust_remote_code: bool = False) -> Any:
     return processor
 
 
-def image_messages(messages: Sequence[Any], num_images: int) -> list[dict[str, Any]]:
-    """Chat-template messages for a sample: its images go, as image parts, before the first user turn's text."""
-    rendered: list[dict[str, Any]] = []
-    placed = False
-    for message in messages:
-        if message.role == "user" and not placed and num_images:
-            parts = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": message.content}]
-            rendered.append({"role": "user", "content": parts})
-            placed = True
-        else:
-            rendered.append({"role": message.role, "content": message.content})
-    return rendered
+def image_tokens(processor: Any) -> Any:
+    """The :class:`~safe_rlhf.data.tokenize.ImageTokens` of a fixed-count VLM processor (LLaVA's): its image token,
+    how many image tokens one image becomes, and its image processor. A processor whose token count depends on the
+    image (Qwen2-VL's dynamic resolution) is refused in one line until the data layer supports it."""
+    from safe_rlhf.data.tokenize import ImageTokens
+
+    image_processor = processor.image_processor
+    patch_size = getattr(processor, "patch_size", None)
+    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
+    height, width = crop.get("height"), crop.get("width")
+    if patch_size is None or height is None or width is None:
+        raise ValueError(
+            f"{type(processor).__name__}: only fixed-size image processors with a patch_size are supported "
+            "(LLaVA-style); this one decides the number of image tokens per image"
+        )
+    tokens = (height // patch_size) * (width // patch_size) + getattr(processor, "num_additional_image_tokens", 0)
+    if getattr(processor, "vision_feature_select_strategy", "default") == "default":
+        tokens -= 1  # the CLS token is dropped again
+    token = processor.image_token
+    token_id = processor.tokenizer.convert_tokens_to_ids(token)
+    return ImageTokens(image_token=token, image_token_id=int(token_id), tokens_per_image=tokens,
+                       image_processor=image_processor)  # fmt: skip
 
 
 def freeze_vision_tower(model: Any, frozen: bool = True) -> int:

@@ -25,6 +25,7 @@ PROMPT_TOO_LONG = "prompt_too_long"  # the rendered prompt leaves no room for a 
 MISSING_IMAGE = "missing_image"  # the image file a record names does not exist
 BAD_IMAGE = "bad_image"  # the image exists but does not decode (truncated, not an image, unsupported format)
 NO_PREFERENCE = "no_preference"  # a rated record whose completions all tie: no pair to learn from (VLFeedback)
+IMAGE_NEEDS_VISION_MODEL = "image_needs_vision_model"  # an image sample given to a text-only model
 
 RECORD_REASONS = (
     MISSING_FIELD,
@@ -40,6 +41,7 @@ RECORD_REASONS = (
     MISSING_IMAGE,
     BAD_IMAGE,
     NO_PREFERENCE,
+    IMAGE_NEEDS_VISION_MODEL,
 )
 
 _MAX_VALUE_CHARS = 60

@@ -23,6 +23,14 @@ Lengths (``max_length`` counts tokens of the full sequence):
 
 Padding: SFT and preference batches are right-padded, prompt batches left-padded (generation appends on the right).
 The pad token must exist and differ from EOS (otherwise the end of a sequence cannot be told from padding).
+
+Images (the modality switch): with ``vision`` (an :class:`ImageTokens` built from a VLM's processor) a sample's images
+are rendered as image parts before the first user turn's text (the template's ``<image>`` placeholder), each
+placeholder is expanded to the model's ``tokens_per_image`` image tokens, and every batch gets ``pixel_values``
+(B, C, H, W) from the image processor, decoded from the samples' :class:`~safe_rlhf.data.images.ImageRef` at collate
+time (one image per sample; a preference pair's two sequences share it). A sample that shows an image given to a
+text-only model (no ``vision``) is a one-line error (``image_needs_vision_model``), not a silently dropped image;
+a VLM given a text-only sample gets a one-line ``missing_image`` error.
 """
 
 from __future__ import annotations
@@ -154,14 +162,70 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(token) for token in value]
 
 
-def prompt_ids(messages: Messages, tokenizer: Any) -> list[int]:
-    """Token ids of the prompt, ending with the generation prompt (chat template or default template)."""
-    if has_chat_template(tokenizer):
-        ids = tokenizer.apply_chat_template(
-            _template_messages(messages, tokenizer), add_generation_prompt=True, tokenize=True, return_dict=False
+@dataclass(frozen=True)
+class ImageTokens:
+    """How a VLM takes an image: ``tokens_per_image`` copies of ``image_token_id`` in the token ids, at the place the
+    chat template puts ``image_token``, and pixels from ``image_processor`` (``__call__(images, return_tensors="pt")``
+    with a ``pixel_values`` entry). :func:`safe_rlhf.vision_models.image_tokens` builds one from a processor."""
+
+    image_token: str
+    image_token_id: int
+    tokens_per_image: int
+    image_processor: Any = field(compare=False, repr=False)
+
+    def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:  # -> (N, C, H, W)
+        """The processor's pixel values of ``images`` (ImageRefs, decoded here)."""
+        pictures = [image.load() for image in images]
+        return self.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+
+
+def _with_image_parts(messages: list[dict[str, Any]], num_images: int, image_token: str) -> list[dict[str, Any]]:
+    """The images as image parts before the first user turn's text (the template writes its ``<image>``)."""
+    for message in messages:
+        if message["role"] == "user":
+            parts: list[dict[str, str]] = [{"type": "image"} for _ in range(num_images)]
+            message["content"] = [*parts, {"type": "text", "text": message["content"]}]
+            break
+    return messages
+
+
+def _expand_images(ids: list[int], vision: ImageTokens, num_images: int, origin: str) -> list[int]:
+    expanded: list[int] = []
+    for token in ids:
+        expanded.extend([token] * vision.tokens_per_image if token == vision.image_token_id else [token])
+    found = ids.count(vision.image_token_id)
+    if found != num_images:
+        path, _, row = origin.rpartition(":")
+        location: dict[str, Any] = {"path": path, "row": int(row)} if row.isdigit() and path else {}
+        raise DataError(
+            f"the rendered prompt holds {found} {vision.image_token} placeholders for {num_images} images "
+            "(does the text already contain the image token, or does the chat template drop image parts?)",
+            reason="image_token_mismatch",
+            field="prompt",
+            **location,
         )
-        return _as_id_list(ids)
-    return _as_id_list(tokenizer(render_default(messages), add_special_tokens=True))
+    return expanded
+
+
+def prompt_ids(
+    messages: Messages, tokenizer: Any, num_images: int = 0, vision: ImageTokens | None = None, origin: str = ""
+) -> list[int]:
+    """Token ids of the prompt, ending with the generation prompt (chat template or default template); with
+    ``vision``, ``num_images`` image placeholders before the first user text, each expanded to the image tokens."""
+    if has_chat_template(tokenizer):
+        rendered: list[dict[str, Any]] = list(_template_messages(messages, tokenizer))
+        if vision is not None and num_images:
+            rendered = _with_image_parts(rendered, num_images, vision.image_token)
+        ids = _as_id_list(
+            tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+    else:
+        if vision is not None and num_images:
+            first_user = next(i for i, m in enumerate(messages) if m.role == "user")
+            content = vision.image_token * num_images + messages[first_user].content
+            messages = (*messages[:first_user], Message("user", content), *messages[first_user + 1 :])
+        ids = _as_id_list(tokenizer(render_default(messages), add_special_tokens=True))
+    return _expand_images(ids, vision, num_images, origin) if vision is not None else ids
 
 
 def response_ids(response: str, tokenizer: Any) -> list[int]:
@@ -192,6 +256,8 @@ class TokenizedSFT:
     """Number of prompt tokens at the start of ``input_ids``."""
     response_truncated: bool
     """True when the response (or its EOS) was cut to fit ``max_length``."""
+    images: tuple[Any, ...] = ()
+    """The sample's ImageRefs (decoded at collate time); empty for text."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +278,8 @@ class TokenizedPreference:
     """Per response: safety label."""
     severity: tuple[int | None, int | None] = (None, None)
     """Per response: severity level 0-3."""
+    images: tuple[Any, ...] = ()
+    """The pair's ImageRefs (shared by both sequences); empty for text."""
 
     @property
     def lengths(self) -> tuple[int, int]:
@@ -227,12 +295,42 @@ class TokenizedPrompt:
     """(L,) prompt ids ending with the generation prompt."""
     meta: Mapping[str, Any] = field(default_factory=dict)
     """The sample's ``meta`` (e.g. ``risky``, ``prompt_source``)."""
+    images: tuple[Any, ...] = ()
+    """The sample's ImageRefs; empty for text."""
+
+
+def _check_images(sample: Sample, vision: ImageTokens | None) -> None:
+    """One image per sample for a VLM; none for a text model (never a silently dropped image)."""
+    count = len(sample.images)
+    path, _, row = sample.origin.rpartition(":")
+    location: dict[str, Any] = {"path": path, "row": int(row)} if row.isdigit() and path else {}
+    if vision is None and count:
+        raise DataError(
+            "the sample shows an image but the model is text-only; train a vision-language model "
+            "(e.g. model.name_or_path=tiny-vlm) or use a text dataset",
+            reason="image_needs_vision_model",
+            field="image",
+            **location,
+        )
+    if vision is not None and count != 1:
+        raise DataError(
+            f"a vision-language batch needs one image per sample, this one has {count}",
+            reason="missing_image" if count == 0 else "too_many_images",
+            field="image",
+            **location,
+        )
 
 
 def _prompt_and_response(
-    messages: Messages, response: str, tokenizer: Any, max_length: int, origin: str
+    messages: Messages,
+    response: str,
+    tokenizer: Any,
+    max_length: int,
+    origin: str,
+    num_images: int = 0,
+    vision: ImageTokens | None = None,
 ) -> tuple[list[int], list[int], bool]:
-    prompt = prompt_ids(messages, tokenizer)
+    prompt = prompt_ids(messages, tokenizer, num_images, vision, origin)
     if len(prompt) >= max_length:
         raise _prompt_too_long(origin, len(prompt), max_length, needs_room=True)
     answer = response_ids(response, tokenizer)
@@ -240,7 +338,9 @@ def _prompt_and_response(
     return prompt, answer[:room], len(answer) > room
 
 
-def tokenize_sft(sample: SFTSample | AttributeSample, tokenizer: Any, max_length: int) -> TokenizedSFT:
+def tokenize_sft(
+    sample: SFTSample | AttributeSample, tokenizer: Any, max_length: int, vision: ImageTokens | None = None
+) -> TokenizedSFT:
     """Tokenize an SFT sample; labels mask the prompt with ``IGNORE_INDEX``.
 
     Raises:
@@ -248,21 +348,26 @@ def tokenize_sft(sample: SFTSample | AttributeSample, tokenizer: Any, max_length
         DataError: reason ``prompt_too_long`` when the prompt leaves no room for a response token.
     """
     check_tokenizer(tokenizer)
+    _check_images(sample, vision)
     prompt, answer, truncated = _prompt_and_response(
-        sample.messages, sample.response, tokenizer, max_length, sample.origin
+        sample.messages, sample.response, tokenizer, max_length, sample.origin, len(sample.images), vision
     )
     return TokenizedSFT(
         input_ids=prompt + answer,
         labels=[IGNORE_INDEX] * len(prompt) + answer,
         prompt_length=len(prompt),
         response_truncated=truncated,
+        images=sample.images,
     )
 
 
-def tokenize_preference(sample: PreferenceSample, tokenizer: Any, max_length: int) -> TokenizedPreference:
+def tokenize_preference(
+    sample: PreferenceSample, tokenizer: Any, max_length: int, vision: ImageTokens | None = None
+) -> TokenizedPreference:
     """Tokenize both responses of a preference pair (same prompt ids, each + EOS, each cut at ``max_length``)."""
     check_tokenizer(tokenizer)
-    prompt = prompt_ids(sample.messages, tokenizer)
+    _check_images(sample, vision)
+    prompt = prompt_ids(sample.messages, tokenizer, len(sample.images), vision, sample.origin)
     if len(prompt) >= max_length:
         raise _prompt_too_long(sample.origin, len(prompt), max_length, needs_room=True)
     room = max_length - len(prompt)
@@ -275,17 +380,21 @@ def tokenize_preference(sample: PreferenceSample, tokenizer: Any, max_length: in
         safer_id=sample.safer_id,
         is_safe=sample.is_safe,
         severity=sample.severity,
+        images=sample.images,
     )
 
 
-def tokenize_prompt(sample: Sample, tokenizer: Any, max_length: int) -> TokenizedPrompt:
+def tokenize_prompt(
+    sample: Sample, tokenizer: Any, max_length: int, vision: ImageTokens | None = None
+) -> TokenizedPrompt:
     """Tokenize the prompt of any sample for generation; ``prompt_too_long`` when longer than ``max_length``."""
     check_tokenizer(tokenizer)
-    prompt = prompt_ids(sample.messages, tokenizer)
+    _check_images(sample, vision)
+    prompt = prompt_ids(sample.messages, tokenizer, len(sample.images), vision, sample.origin)
     if len(prompt) > max_length:
         raise _prompt_too_long(sample.origin, len(prompt), max_length, needs_room=False)
     meta = sample.meta if isinstance(sample, PromptSample) else {}
-    return TokenizedPrompt(input_ids=prompt, meta=meta)
+    return TokenizedPrompt(input_ids=prompt, meta=meta, images=sample.images)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,28 +422,42 @@ def _mask(sequences: Sequence[Sequence[int]], length: int, left: bool = False) -
     return _pad([[1] * len(sequence) for sequence in sequences], 0, length, left)
 
 
-def collate_sft(items: Sequence[TokenizedSFT], pad_token_id: int) -> dict[str, torch.Tensor]:
+def _with_pixels(batch: dict[str, torch.Tensor], items: Sequence[Any], vision: ImageTokens | None) -> dict[str, Any]:
+    """``batch`` plus ``pixel_values`` (B, C, H, W), one image per item, when ``vision`` is given."""
+    if vision is not None and items:
+        batch["pixel_values"] = vision.pixel_values([item.images[0] for item in items])
+    return batch
+
+
+def collate_sft(
+    items: Sequence[TokenizedSFT], pad_token_id: int, vision: ImageTokens | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded SFT batch.
 
     Returns:
         ``input_ids`` (B, L) padded with ``pad_token_id``; ``attention_mask`` (B, L) 1/0;
-        ``labels`` (B, L) with ``IGNORE_INDEX`` on prompt and padding positions.
+        ``labels`` (B, L) with ``IGNORE_INDEX`` on prompt and padding positions;
+        with ``vision``, ``pixel_values`` (B, C, H, W).
     """
     length = max((len(item.input_ids) for item in items), default=0)
     ids = [item.input_ids for item in items]
-    return {
+    batch = {
         "input_ids": _pad(ids, pad_token_id, length),
         "attention_mask": _mask(ids, length),
         "labels": _pad([item.labels for item in items], IGNORE_INDEX, length),
     }
+    return _with_pixels(batch, items, vision)
 
 
 def _label(value: bool | int | None) -> int:
     return -1 if value is None else int(value)
 
 
-def collate_preference(items: Sequence[TokenizedPreference], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_preference(
+    items: Sequence[TokenizedPreference], pad_token_id: int, vision: ImageTokens | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded preference batch; every (B, L) tensor shares one L (so better / worse can be concatenated).
+    With ``vision``, ``pixel_values`` (B, C, H, W): the pair's image, shared by all four sequences of a row.
 
     Returns:
         ``better_input_ids``, ``better_attention_mask``, ``worse_input_ids``, ``worse_attention_mask`` (B, L):
@@ -376,18 +499,22 @@ def collate_preference(items: Sequence[TokenizedPreference], pad_token_id: int) 
     if not items:
         batch["is_safe"] = batch["is_safe"].reshape(0, 2)
         batch["severity"] = batch["severity"].reshape(0, 2)
-    return batch
+    return _with_pixels(batch, items, vision)
 
 
-def collate_prompts(items: Sequence[TokenizedPrompt], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_prompts(
+    items: Sequence[TokenizedPrompt], pad_token_id: int, vision: ImageTokens | None = None
+) -> dict[str, torch.Tensor]:
     """LEFT-padded prompt batch for generation.
 
     Returns:
-        ``input_ids`` (B, L) with ``pad_token_id`` on the left; ``attention_mask`` (B, L) 0 on the padding.
+        ``input_ids`` (B, L) with ``pad_token_id`` on the left; ``attention_mask`` (B, L) 0 on the padding;
+        with ``vision``, ``pixel_values`` (B, C, H, W).
     """
     length = max((len(item.input_ids) for item in items), default=0)
     ids = [item.input_ids for item in items]
-    return {"input_ids": _pad(ids, pad_token_id, length, left=True), "attention_mask": _mask(ids, length, left=True)}
+    batch = {"input_ids": _pad(ids, pad_token_id, length, left=True), "attention_mask": _mask(ids, length, left=True)}
+    return _with_pixels(batch, items, vision)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -436,8 +563,10 @@ class TokenizedDataset:
         *,
         as_kind: str | None = None,
         on_error: str = "raise",
+        vision: ImageTokens | None = None,
     ) -> None:
         check_tokenizer(tokenizer)
+        self.vision = vision
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_length <= 0:
@@ -476,14 +605,14 @@ class TokenizedDataset:
 
     def _tokenize(self, sample: Sample, tokenizer: Any) -> Any:
         if self.kind == "prompt":
-            return tokenize_prompt(sample, tokenizer, self.max_length)
+            return tokenize_prompt(sample, tokenizer, self.max_length, self.vision)
         if self.kind == "preference":
             if not isinstance(sample, PreferenceSample):
                 raise TypeError(f"preference tokenization needs PreferenceSample, got {type(sample).__name__}")
-            return tokenize_preference(sample, tokenizer, self.max_length)
+            return tokenize_preference(sample, tokenizer, self.max_length, self.vision)
         if not isinstance(sample, SFTSample | AttributeSample):
             raise TypeError(f"sft tokenization needs SFTSample or AttributeSample, got {type(sample).__name__}")
-        return tokenize_sft(sample, tokenizer, self.max_length)
+        return tokenize_sft(sample, tokenizer, self.max_length, self.vision)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -494,7 +623,7 @@ class TokenizedDataset:
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         """The collator for this dataset's kind, bound to its pad token id."""
         if self.kind == "preference":
-            return collate_preference(items, self.pad_token_id)
+            return collate_preference(items, self.pad_token_id, self.vision)
         if self.kind == "prompt":
-            return collate_prompts(items, self.pad_token_id)
-        return collate_sft(items, self.pad_token_id)
+            return collate_prompts(items, self.pad_token_id, self.vision)
+        return collate_sft(items, self.pad_token_id, self.vision)

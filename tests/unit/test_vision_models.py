@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
-from safe_rlhf.data.types import Message
+from safe_rlhf.data.tokenize import TokenizedDataset, prompt_ids
+from safe_rlhf.data.types import PreferenceSample, SFTSample, conversation
 from safe_rlhf.score_model import end_scores, load_score_model, token_scores
 from safe_rlhf.toyworld import vision
-from safe_rlhf.vision_models import build_tiny_vlm, freeze_vision_tower, image_messages, load_processor
+from safe_rlhf.vision_models import build_tiny_vlm, freeze_vision_tower, image_tokens, load_processor
 
 pytestmark = pytest.mark.unit
 
@@ -26,13 +27,13 @@ def pictures(*names: str, seed: int = 0):
 
 
 def prompt_batch(processor, questions, images):
-    texts = [
-        processor.apply_chat_template(
-            image_messages((Message("user", q),), 1), add_generation_prompt=True, tokenize=False
-        )
-        for q in questions
-    ]
+    texts = [processor.apply_chat_template(user_turn(q), add_generation_prompt=True, tokenize=False) for q in questions]
     return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def user_turn(question: str, system: str | None = None) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
 def test_builds_offline_and_reloads(tiny_vlm):
@@ -48,8 +49,8 @@ def test_builds_offline_and_reloads(tiny_vlm):
 
 def test_chat_template_puts_the_image_before_the_question(tiny_vlm):
     processor = load_processor(tiny_vlm)
-    messages = image_messages((Message("system", "be safe"), Message("user", "how do i do this")), 1)
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(user_turn("how do i do this", "be safe"), add_generation_prompt=True,
+                                         tokenize=False)  # fmt: skip
     assert text == "<s>SYSTEM: be safe USER: <image>how do i do this ASSISTANT:"
 
 
@@ -94,3 +95,52 @@ def test_freeze_vision_tower(tiny_vlm):
     assert frozen == sum(p.numel() for p in tower) > 0
     assert not any(p.requires_grad for p in tower)
     assert all(p.requires_grad for n, p in model.named_parameters() if "vision_tower" not in n)
+
+
+def test_the_data_layer_batches_images_as_the_processor_does(tiny_vlm, tmp_path):
+    from safe_rlhf.data.images import image_from_value
+
+    processor = load_processor(tiny_vlm)
+    vision = image_tokens(processor)
+    assert (vision.image_token, vision.tokens_per_image) == ("<image>", 16)
+    benign, risky = pictures("cooking-benign", "cooking-risky")
+    refs = []
+    for name, picture in (("benign.png", benign), ("risky.png", risky)):
+        picture.save(tmp_path / name)
+        refs.append(image_from_value(name, "image", base_dir=tmp_path))
+    # prompt ids: the processor's own expansion of the same chat text
+    ids = prompt_ids(conversation("how do i do this"), processor.tokenizer, 1, vision)
+    reference = prompt_batch(processor, ["how do i do this"], [benign])
+    assert ids == reference["input_ids"][0].tolist()
+    samples = [
+        SFTSample(conversation("how do i do this"), "flour yeast", images=(refs[0],)),
+        SFTSample(conversation("use this"), "sorry i cannot do that", images=(refs[1],)),
+    ]
+    dataset = TokenizedDataset(samples, processor.tokenizer, 64, vision=vision)
+    batch = dataset.collate([dataset[0], dataset[1]])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(batch["pixel_values"][0], reference["pixel_values"][0])
+    assert (batch["input_ids"] == vision.image_token_id).sum(dim=1).tolist() == [16, 16]
+    assert (batch["labels"][batch["input_ids"] == vision.image_token_id] == -100).all()  # no loss on image tokens
+    pair = PreferenceSample(conversation("use this"), ("sorry i cannot do that", "sure powder"), 0, 0,
+                            (True, False), images=(refs[1],))  # fmt: skip
+    preference = TokenizedDataset([pair], processor.tokenizer, 64, vision=vision)
+    pair_batch = preference.collate([preference[0]])
+    assert pair_batch["pixel_values"].shape == (1, 3, 32, 32)
+    assert (pair_batch["better_input_ids"] == vision.image_token_id).sum().item() == 16
+
+
+def test_images_never_silently_dropped(tiny_vlm, tmp_path):
+    from safe_rlhf.data.errors import DataError
+    from safe_rlhf.data.images import image_from_value
+
+    processor = load_processor(tiny_vlm)
+    (picture,) = pictures("pets-risky")
+    picture.save(tmp_path / "p.png")
+    ref = image_from_value("p.png", "image", base_dir=tmp_path)
+    with_image = SFTSample(conversation("use this"), "sorry", images=(ref,), origin="data.jsonl:7")
+    with pytest.raises(DataError, match=r"data\.jsonl:7: field 'image': the sample shows an image but the model is"):
+        TokenizedDataset([with_image], processor.tokenizer, 64)  # a text model
+    text_only = SFTSample(conversation("use this"), "sorry", origin="data.jsonl:8")
+    with pytest.raises(DataError, match=r"data\.jsonl:8: field 'image': a vision-language batch needs one image"):
+        TokenizedDataset([text_only], processor.tokenizer, 64, vision=image_tokens(processor))
