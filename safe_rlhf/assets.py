@@ -341,6 +341,8 @@ def check_model_path(name_or_path: str, key: str | None = None) -> None:
         return
     if path.exists():
         raise ConfigError(f"{named}: is a file; give a Hugging Face model directory or a hub id")
+    if name_or_path == "tiny-vlm":
+        return  # built on first use (resolve_model_path)
     if name_or_path.startswith(TINY_MODEL_ALIAS + "-") and tiny_alias_architecture(name_or_path) is None:
         known = ", ".join(f"{TINY_MODEL_ALIAS}-{name.replace('_', '-')}" for name in TINY_ARCHITECTURES)
         raise ConfigError(f"{named}: no such built-in tiny model (known: {TINY_MODEL_ALIAS}, {known}, tiny-vlm)")

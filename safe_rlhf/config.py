@@ -85,6 +85,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # LoRA adapters instead of full fine-tuning (trainable models only).
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Vision-language models ("tiny-vlm" or any VLM directory with a processor): keep the vision tower's weights
+    # fixed (the projector and the language model train), as Safe RLHF-V and LLaVA fine-tuning do.
+    freeze_vision_tower: bool = True
 
 
 @dataclass

@@ -110,6 +110,29 @@ def load_tokenizer(model_config: ModelConfig) -> Any:
     return tokenizer
 
 
+def load_processor(model_config: ModelConfig) -> Any:
+    """The processor of a vision-language model (tokenizer + image processor), or None for a text model: the modality
+    switch of every recipe. Its tokenizer follows :func:`load_tokenizer`'s pad rule."""
+    from safe_rlhf.assets import config_key_for, resolve_model_path
+    from safe_rlhf.vision_models import is_vision_model
+    from safe_rlhf.vision_models import load_processor as processor_of
+
+    key = config_key_for(model_config.name_or_path, "model.name_or_path")
+    path = resolve_model_path(model_config.name_or_path, key)
+    if not is_vision_model(path):
+        return None
+    processor = processor_of(path, trust_remote_code=model_config.trust_remote_code)
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+    return processor
+
+
+def image_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The image entries of a collated batch (``pixel_values``) as forward keyword arguments; {} for text."""
+    return {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
+
+
 def embedding_rows(model: torch.nn.Module) -> int:
     """Rows of the input embedding (the full count also when ZeRO-3 has partitioned the weight)."""
     weight = model.get_input_embeddings().weight  # type: ignore[operator]
@@ -163,13 +186,16 @@ def load_causal_lm(
     """Load a causal LM; under ZeRO-3 parameters are partitioned while loading (no full copy per rank). With
     ``tokenizer``, the embeddings grow to fit it (:func:`fit_vocabulary`). A ``trainable`` model gets the config's
     gradient checkpointing and LoRA adapters (:func:`prepare_trainable`)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.integrations import HfDeepSpeedConfig
 
     from safe_rlhf.assets import config_key_for, from_pretrained, resolve_model_path
+    from safe_rlhf.vision_models import freeze_vision_tower, is_vision_model
 
     context = HfDeepSpeedConfig(ds_config) if settings.zero_stage == 3 else None
     key = config_key_for(model_config.name_or_path, "model.name_or_path")
+    path = resolve_model_path(model_config.name_or_path, key)
+    vision = is_vision_model(path)
     quantized: dict[str, Any] = {}
     if trainable and model_config.lora.enabled and model_config.lora.quantize_base == "4bit":
         from safe_rlhf.lora import quantization_config
@@ -178,8 +204,8 @@ def load_causal_lm(
         quantized = {"quantization_config": quantization_config(compute_dtype(settings)),
                      "device_map": {"": distributed.device()}}  # fmt: skip
     model = from_pretrained(
-        AutoModelForCausalLM,
-        resolve_model_path(model_config.name_or_path, key),
+        AutoModelForImageTextToText if vision else AutoModelForCausalLM,
+        path,
         key=key,
         dtype=compute_dtype(settings),
         trust_remote_code=model_config.trust_remote_code,
@@ -193,6 +219,8 @@ def load_causal_lm(
     if tokenizer is not None:
         fit_vocabulary(model, tokenizer)
     disable_dropout(model)
+    if vision and trainable and model_config.freeze_vision_tower:
+        freeze_vision_tower(model)
     if trainable:
         model = prepare_trainable(model, model_config.lora, model_config.gradient_checkpointing)
     return LoadedModel(model=model, zero3_context=context)

@@ -47,15 +47,16 @@ from safe_rlhf.recipes.common import (
 
 
 def tokenize_sft_samples(
-    samples: list[Any], tokenizer: Any, max_length: int, on_error: str
+    samples: list[Any], tokenizer: Any, max_length: int, on_error: str, vision: Any = None
 ) -> tuple[list[Any], Counter[str]]:
-    """Tokenize SFT samples; a sample that cannot fit raises (on_error=raise) or is skipped and counted."""
+    """Tokenize SFT samples; a sample that cannot fit raises (on_error=raise) or is skipped and counted. ``vision``
+    (ImageTokens of a VLM) puts each sample's image before its question."""
     from safe_rlhf.data import DataError, tokenize_sft
 
     tokenized, counts = [], Counter[str]()
     for sample in samples:
         try:
-            item = tokenize_sft(sample, tokenizer, max_length)
+            item = tokenize_sft(sample, tokenizer, max_length, vision)
         except DataError as error:
             if on_error == "raise":
                 raise
@@ -86,7 +87,14 @@ class SFTRecipe:
         seed_everything(config.seed)
         write_run_files(self.run_dir, config)
         self.device = distributed.device()
-        self.tokenizer = engines.load_tokenizer(config.model)
+        # The modality switch: a vision-language model brings a processor; its images go through the same loop.
+        self.processor = engines.load_processor(config.model)
+        if self.processor is not None:
+            from safe_rlhf.vision_models import image_tokens
+
+            self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
+        else:
+            self.tokenizer, self.vision = engines.load_tokenizer(config.model), None
         self._setup_data()
         self.schedule = BatchSchedule(
             num_samples=len(self.train_items),
@@ -145,9 +153,11 @@ class SFTRecipe:
         else:
             train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, self.config.seed)
         self.train_items, train_counts = tokenize_sft_samples(
-            train_samples, self.tokenizer, data.max_length, data.on_error
+            train_samples, self.tokenizer, data.max_length, data.on_error, self.vision
         )
-        self.eval_items, _ = tokenize_sft_samples(eval_samples, self.tokenizer, data.max_length, data.on_error)
+        self.eval_items, _ = tokenize_sft_samples(
+            eval_samples, self.tokenizer, data.max_length, data.on_error, self.vision
+        )
         skipped = dict(train.stats.skipped)
         summary = f"data: {train.stats.read} read, {len(self.train_items)} train, {len(self.eval_items)} eval"
         if skipped or train_counts:
@@ -158,7 +168,7 @@ class SFTRecipe:
     def _collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
         from safe_rlhf.data import collate_sft
 
-        return to_device(collate_sft(items, self.tokenizer.pad_token_id), self.device)
+        return to_device(collate_sft(items, self.tokenizer.pad_token_id, self.vision), self.device)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches; the loss is the token mean over the global batch."""
@@ -174,7 +184,9 @@ class SFTRecipe:
         loss_sum, skipped = 0.0, 0
         sample_ids = self.schedule.rank_indices(step)
         for index, batch in enumerate(micro_batches):
-            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **engines.image_inputs(batch)
+            ).logits
             token_loss_sum, _ = sft_loss_sum(logits, batch["labels"])
             token_loss_sum = self.guard.prepare(token_loss_sum, step + 1)
             if all_finite(token_loss_sum):
@@ -215,7 +227,9 @@ class SFTRecipe:
         for index in range(needed):
             items = batches[index] if index < len(batches) else [self.eval_items[0]]
             batch = self._collate(items)
-            logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **engines.image_inputs(batch)
+            ).logits
             if index < len(batches):
                 total, count = sft_loss_sum(logits, batch["labels"])
                 loss_sum += float(total)
@@ -274,7 +288,9 @@ class SFTRecipe:
         self.logger.message(f"checkpoint saved at step {self.step}")
 
     def export(self) -> None:
-        path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        # A VLM's processor (tokenizer, image processor, chat template) goes with it: AutoProcessor loads the export.
+        saved_with = self.processor if self.processor is not None else self.tokenizer
+        path = engines.export_hf(self.engine, saved_with, self.run_dir / "model", self.config.deepspeed.zero_stage)
         if self.config.data.steer_attributes and distributed.is_main_process():
             from safe_rlhf.steer import write_trained_attributes
 

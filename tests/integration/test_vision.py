@@ -1,0 +1,44 @@
+"""The image modality switch in the recipes, end to end on the tiny VLM and the multimodal toy world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import train_cli
+from tests.integration.sft_helpers import read_metrics
+
+FAST = ["logger=none", "train.micro_batch_size=8", "train.batch_size=16", "train.log_steps=1"]
+
+
+@pytest.mark.integration
+def test_vision_sft_learns_exports_a_vlm_and_keeps_the_vision_tower_frozen(tmp_path, safe_rlhf_cache):
+    run_dir = tmp_path / "vsft"
+    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_sft", *FAST,
+                 "train.max_steps=40", "train.eval_steps=40"]  # fmt: skip
+    result = train_cli(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = [m["eval/loss"] for m in read_metrics(run_dir) if "eval/loss" in m]
+    assert evals[-1] < 0.7 * evals[0], evals
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(run_dir / "model")
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    trained = load_file(run_dir / "model" / "model.safetensors")
+    initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
+    tower = [k for k in initial if "vision_tower" in k]
+    projector = [k for k in initial if "multi_modal_projector" in k]
+    assert tower and projector
+    assert all(torch.equal(trained[k], initial[k]) for k in tower)  # model.freeze_vision_tower=true (default)
+    assert any(not torch.equal(trained[k], initial[k]) for k in projector)
+
+
+@pytest.mark.integration
+def test_image_data_on_a_text_model_is_one_line(tmp_path, safe_rlhf_cache):
+    result = train_cli([f"output_dir={tmp_path / 'x'}", "data.train=toyworld:vision_sft", *FAST, "train.max_steps=1"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "sft.jsonl:1: field 'image': the sample shows an image but the model is text-only" in last
