@@ -39,6 +39,16 @@ def toy_world_truth(sample: Any) -> tuple[tuple[float, float], tuple[int, int]] 
     origin names a toy-world file); None for any other sample."""
     if "toyworld" not in getattr(sample, "origin", ""):
         return None
+    if getattr(sample, "images", ()):  # the multimodal world: judged on the pictured request
+        from safe_rlhf.toyworld import vision
+
+        image_class = vision.class_of_image(sample.images[0].path)
+        if image_class is None:
+            return None
+        question = sample.prompt
+        helps = tuple(vision.helpfulness(question, image_class, r) for r in sample.responses)
+        severities = tuple(vision.harm(question, image_class, r).severity for r in sample.responses)
+        return (helps[0], helps[1]), (severities[0], severities[1])
     from safe_rlhf.toyworld import harm, helpfulness
 
     prompt = sample.prompt
@@ -57,11 +67,19 @@ def judged(pair: ScoredPair, sample: Any) -> ScoredPair:
 
 @torch.no_grad()
 def score_pairs(
-    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, device: torch.device
+    model: Any,
+    samples: list[Any],
+    items: list[Any],
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    vision: Any = None,
 ) -> list[ScoredPair]:
     """Score both responses of every pair (this rank's share; :func:`gather_pairs` joins them), judged by the toy
-    world where it can. ZeRO-3-safe: every rank makes the same number of forward passes."""
+    world where it can. ZeRO-3-safe: every rank makes the same number of forward passes. ``vision``: the
+    ImageTokens of a VLM score model (each pair's image goes with both responses)."""
     from safe_rlhf.data import collate_preference
+    from safe_rlhf.engines import image_inputs
     from safe_rlhf.recipes.common import chunks, shard, to_device
     from safe_rlhf.score_model import end_scores
 
@@ -72,10 +90,11 @@ def score_pairs(
     batches = list(chunks(indices, batch_size))
     for pass_index in range(passes):
         batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
-        batch = to_device(collate_preference([items[i] for i in batch_ids], pad_token_id), device)
+        batch = to_device(collate_preference([items[i] for i in batch_ids], pad_token_id, vision), device)
+        pixels = image_inputs(batch)
         # Response order as in the data: "better" is better_id, so map back.
-        better = end_scores(model, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
-        worse = end_scores(model, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
+        better = end_scores(model, batch["better_input_ids"], batch["better_attention_mask"], **pixels)[:, 0]
+        worse = end_scores(model, batch["worse_input_ids"], batch["worse_attention_mask"], **pixels)[:, 0]
         if pass_index >= len(batches):
             continue
         for row, index in enumerate(batch_ids):
@@ -108,23 +127,32 @@ def gather_pairs(pairs: list[ScoredPair]) -> list[ScoredPair]:
 
 
 def score_model_evaluation(
-    model: Any, samples: list[Any], items: list[Any], pad_token_id: int, batch_size: int, score_type: str
+    model: Any,
+    samples: list[Any],
+    items: list[Any],
+    pad_token_id: int,
+    batch_size: int,
+    score_type: str,
+    vision: Any = None,
 ) -> dict[str, Any]:
     """The score-model summary (:func:`safe_rlhf.score_metrics.score_model_summary`) of tokenized preference pairs,
     scored by ``model`` (an engine, on every rank). The training recipe's evaluation and ``--config-name score_model``
     both come here, so their numbers agree."""
     from safe_rlhf.score_metrics import score_model_summary
 
-    pairs = gather_pairs(score_pairs(model, samples, items, pad_token_id, batch_size, distributed.device()))
+    pairs = gather_pairs(score_pairs(model, samples, items, pad_token_id, batch_size, distributed.device(), vision))
     return score_model_summary(pairs, score_type)
 
 
 @torch.no_grad()
-def moderation_evaluation(model: Any, items: list[Any], pad_token_id: int, batch_size: int) -> torch.Tensor:
+def moderation_evaluation(
+    model: Any, items: list[Any], pad_token_id: int, batch_size: int, vision: Any = None
+) -> torch.Tensor:
     """Sigmoid outputs (N, K) of a moderation model (an engine, on every rank) for tokenized responses, in item
     order on every rank. Each rank scores its strided share; ZeRO-3-safe: every rank makes the same number of
     forward passes (a rank with fewer items repeats item 0 and drops the result)."""
     from safe_rlhf.data import collate_sft
+    from safe_rlhf.engines import image_inputs
     from safe_rlhf.recipes.common import chunks, shard, to_device
     from safe_rlhf.score_model import end_scores
 
@@ -135,8 +163,8 @@ def moderation_evaluation(model: Any, items: list[Any], pad_token_id: int, batch
     outputs = []
     for pass_index in range(passes):
         batch_ids = batches[pass_index] if pass_index < len(batches) else [0]
-        batch = to_device(collate_sft([items[i] for i in batch_ids], pad_token_id), distributed.device())
-        logits = end_scores(model, batch["input_ids"], batch["attention_mask"])
+        batch = to_device(collate_sft([items[i] for i in batch_ids], pad_token_id, vision), distributed.device())
+        logits = end_scores(model, batch["input_ids"], batch["attention_mask"], **image_inputs(batch))
         if pass_index < len(batches):
             outputs.append(torch.sigmoid(logits.float()))
     width = int(getattr(getattr(model, "module", model).config, "num_labels", 0) or 0)

@@ -174,7 +174,14 @@ class ScoreModelRecipe:
         seed_everything(config.seed)
         write_run_files(self.run_dir, config)
         self.device = distributed.device()
-        self.tokenizer = engines.load_tokenizer(config.model)
+        # The modality switch: a vision-language model brings a processor; each pair's image goes with both answers.
+        self.processor = engines.load_processor(config.model)
+        if self.processor is not None:
+            from safe_rlhf.vision_models import image_tokens
+
+            self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
+        else:
+            self.tokenizer, self.vision = engines.load_tokenizer(config.model), None
         self._setup_data()
         self.schedule = BatchSchedule(
             num_samples=len(self.train_items),
@@ -207,6 +214,10 @@ class ScoreModelRecipe:
         engines.fit_vocabulary(model, self.tokenizer)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         engines.disable_dropout(model)
+        if self.processor is not None and config.model.freeze_vision_tower:
+            from safe_rlhf.vision_models import freeze_vision_tower
+
+            freeze_vision_tower(model)
         model = engines.prepare_trainable(
             model, config.model.lora, config.model.gradient_checkpointing, score_model=True
         )
@@ -338,7 +349,9 @@ class ScoreModelRecipe:
     def _tokenize(self, samples: list[Any], skipped: Counter[str]) -> tuple[list[Any], list[Any]]:
         data = self.config.data
         one_response = self.regression or self.moderation
-        return self._tokenize_with(samples, self.tokenizer, data.max_length, data.on_error, one_response, skipped)
+        return self._tokenize_with(
+            samples, self.tokenizer, data.max_length, data.on_error, one_response, skipped, self.vision
+        )
 
     @staticmethod
     def _tokenize_with(
@@ -348,6 +361,7 @@ class ScoreModelRecipe:
         on_error: str,
         regression: bool,
         skipped: Counter[str] | None = None,
+        vision: Any = None,
     ) -> tuple[list[Any], list[Any]]:
         """(samples, tokenized items) in the same order; a sample that cannot be tokenized is raised or counted."""
         from safe_rlhf.data import DataError, tokenize_preference, tokenize_sft
@@ -356,9 +370,9 @@ class ScoreModelRecipe:
         for sample in samples:
             try:
                 if regression:
-                    item: Any = tokenize_sft(sample, tokenizer, max_length)
+                    item: Any = tokenize_sft(sample, tokenizer, max_length, vision)
                 else:
-                    item = tokenize_preference(sample, tokenizer, max_length)
+                    item = tokenize_preference(sample, tokenizer, max_length, vision)
             except DataError as error:
                 if on_error == "raise":
                     raise
@@ -373,9 +387,12 @@ class ScoreModelRecipe:
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """(loss, metrics, the scores (N, 1) for the normalizer, added only if the loss turns out finite)."""
         regularization = self.config.score.regularization
+        pixels = engines.image_inputs(batch)  # a VLM: the pair's image, shared by both sequences
         if self.is_cost:
-            safer = end_scores(self.engine, batch["safer_input_ids"], batch["safer_attention_mask"])[:, 0]
-            unsafer = end_scores(self.engine, batch["unsafer_input_ids"], batch["unsafer_attention_mask"])[:, 0]
+            safer = end_scores(self.engine, batch["safer_input_ids"], batch["safer_attention_mask"], **pixels)[:, 0]
+            unsafer = end_scores(self.engine, batch["unsafer_input_ids"], batch["unsafer_attention_mask"], **pixels)[
+                :, 0
+            ]
             # Weight by the severity of the unsafer response (levels 0-3).
             severity = batch["severity"]  # (B, 2) in response order
             safer_id = batch["safer_id"].clamp_min(0)
@@ -386,20 +403,24 @@ class ScoreModelRecipe:
             )
             metrics = {"accuracy": float(stats.accuracy), "sign_accuracy": float(stats.sign_accuracy)}
             return loss, metrics, torch.cat([safer, unsafer]).unsqueeze(1)
-        better = end_scores(self.engine, batch["better_input_ids"], batch["better_attention_mask"])[:, 0]
-        worse = end_scores(self.engine, batch["worse_input_ids"], batch["worse_attention_mask"])[:, 0]
+        better = end_scores(self.engine, batch["better_input_ids"], batch["better_attention_mask"], **pixels)[:, 0]
+        worse = end_scores(self.engine, batch["worse_input_ids"], batch["worse_attention_mask"], **pixels)[:, 0]
         loss, reward_stats = reward_model_loss(better, worse, regularization)
         return loss, {"accuracy": float(reward_stats.accuracy)}, torch.cat([better, worse]).unsqueeze(1)
 
     def _regression_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from safe_rlhf.data import collate_sft
 
-        batch = to_device(collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
+        batch = to_device(
+            collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id, self.vision), self.device
+        )
         names = self.config.score.attribute_names
         targets = torch.tensor(
             [[float(self.train_samples[i].attributes[name]) for name in names] for i in ids], device=self.device
         )
-        predicted = end_scores(self.engine, batch["input_ids"], batch["attention_mask"])  # (B, K)
+        predicted = end_scores(
+            self.engine, batch["input_ids"], batch["attention_mask"], **engines.image_inputs(batch)
+        )  # (B, K)
         # The loss weights, never the reward weights: a negative reward weight (verbosity) must not make the model
         # maximise that attribute's error.
         weights = (
@@ -414,8 +435,12 @@ class ScoreModelRecipe:
     def _moderation_loss(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from safe_rlhf.data import collate_sft
 
-        batch = to_device(collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id), self.device)
-        logits = end_scores(self.engine, batch["input_ids"], batch["attention_mask"])  # (B, K)
+        batch = to_device(
+            collate_sft([self.train_items[i] for i in ids], self.tokenizer.pad_token_id, self.vision), self.device
+        )
+        logits = end_scores(
+            self.engine, batch["input_ids"], batch["attention_mask"], **engines.image_inputs(batch)
+        )  # (B, K)
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         loss, stats = moderation_loss(
             logits, self.train_targets[ids].to(logits.device), self.train_known[ids].to(logits.device), pos_weight
@@ -430,7 +455,7 @@ class ScoreModelRecipe:
         if self.regression:
             return self._regression_loss(ids)
         items = [self.train_items[i] for i in ids]
-        return self._loss(to_device(collate_preference(items, self.tokenizer.pad_token_id), self.device))
+        return self._loss(to_device(collate_preference(items, self.tokenizer.pad_token_id, self.vision), self.device))
 
     def train_step(self, step: int) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
@@ -480,8 +505,9 @@ class ScoreModelRecipe:
             if not self.thresholds:
                 self.thresholds = [0.5] * self.score_dim
             probabilities = moderation_evaluation(
-                self.engine, self.eval_items, self.tokenizer.pad_token_id, self.config.train.micro_batch_size
-            )
+                self.engine, self.eval_items, self.tokenizer.pad_token_id, self.config.train.micro_batch_size,
+                self.vision,
+            )  # fmt: skip
             choice: dict[str, Any] = {}
             if choose_threshold:
                 settings = self.config.moderation
@@ -506,6 +532,7 @@ class ScoreModelRecipe:
             self.tokenizer.pad_token_id,
             self.config.train.micro_batch_size,
             "cost" if self.is_cost else "reward",
+            self.vision,
         )
         self.engine.train()
         return summary
@@ -590,7 +617,7 @@ class ScoreModelRecipe:
                 normalize=False,
             )
             path = engines.export_hf(
-                self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage
+                self.engine, self.processor or self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage
             )
             self.logger.message(f"exported moderation model to {path}")
             return
@@ -605,7 +632,9 @@ class ScoreModelRecipe:
             attribute_names=list(score.attribute_names) or None,
             attribute_weights=list(score.attribute_weights) or None,
         )
-        path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        path = engines.export_hf(
+            self.engine, self.processor or self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage
+        )
         self.logger.message(f"exported score model to {path}")
 
     def final_evaluation(self) -> None:

@@ -203,6 +203,15 @@ def harm(question: str, image_class_name: str, response: str) -> Harm:
     return text_harm(judged_prompt(question, image_class_name), response)
 
 
+def class_of_image(path: str | None) -> str | None:
+    """The class of a picture the generator saved (``images/<pool>/<class>-<index>.png``); None for any other."""
+    if path is None:
+        return None
+    name = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    candidate = name.rsplit("-", 1)[0]
+    return candidate if candidate in CLASS_BY_NAME else None
+
+
 def swapped_class(image_class_name: str, rng: random.Random) -> str:
     """Another class for the image-swap control: the same topic's other request half the time (the texture flips,
     so whether to refuse flips), else a class of another topic."""

@@ -42,3 +42,28 @@ def test_image_data_on_a_text_model_is_one_line(tmp_path, safe_rlhf_cache):
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert "sft.jsonl:1: field 'image': the sample shows an image but the model is text-only" in last
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recipe", ["reward_model", "cost_model"])
+def test_vision_reward_and_cost_models_train_on_beavertails_v_and_export_a_vlm_score_model(
+    recipe, tmp_path, safe_rlhf_cache
+):
+    run_dir = tmp_path / recipe
+    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_preference",
+                 "data.eval=toyworld:vision_preference_test", *FAST, "train.max_steps=30"]  # fmt: skip
+    result = train_cli(overrides, config_name=recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [m for m in read_metrics(run_dir) if "eval/accuracy" in m][-1]
+    # judged by the multimodal world's ground truth (the picture's class read from the image file)
+    assert any(key.startswith("eval/true_") for key in final), final
+    from safe_rlhf.score_model import load_score_model
+
+    model = load_score_model(str(run_dir / "model"))
+    assert type(model).__name__ == "LlavaForSequenceClassification"
+    # the score model saves its backbone under "model." (base_model_prefix); the VLM checkpoint without it
+    trained = {k.removeprefix("model."): v for k, v in load_file(run_dir / "model" / "model.safetensors").items()}
+    initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
+    tower = [k for k in initial if "vision_tower" in k]
+    assert tower and all(torch.equal(trained[k], initial[k]) for k in tower)
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial if "multi_modal_projector" in k)

@@ -230,3 +230,10 @@ def test_toyworld_spec_names_generate_the_vision_world_once(tmp_path, monkeypatc
     stamp = world_file.stat().st_mtime_ns
     load_samples("toyworld:vision_qa", "attribute")  # reuses the generated folder
     assert world_file.stat().st_mtime_ns == stamp
+
+
+def test_the_class_of_a_generated_picture_is_read_from_its_name(world):
+    out, paths, _ = world
+    for row in records(paths["vision_preference"]):
+        assert vision.class_of_image(str(out / row["image"])) == row["image_class"]
+    assert vision.class_of_image("photo.png") is None and vision.class_of_image(None) is None
