@@ -156,6 +156,8 @@ class ScoreModelRecipe:
     def __init__(self, config: ScoreModelConfig, run_dir: str) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self.processor: Any = None  # a vision-language model's processor (setup); None for text
+        self.vision: Any = None  # its ImageTokens: the modality switch of the data path
         self.engine: Any = None
         self.step = 0
         self.preempted = False
