@@ -175,6 +175,8 @@ class DPORecipe:
         self.run_dir = Path(run_dir)
         self.engine: Any = None
         self.reference: Any = None
+        self.processor: Any = None  # a vision-language policy's processor (setup); None for text
+        self.vision: Any = None  # its ImageTokens: the modality switch of the data path
         self.reference_cache: dict[str, torch.Tensor] = {}  # "train" / "eval" -> (N, 2) chosen, rejected log-probs
         self._keep_alive: list[Any] = []
         self.step = 0
@@ -275,13 +277,20 @@ class DPORecipe:
             train_samples, eval_samples = split_train_eval(train_samples, data.eval_fraction, config.seed)
         from safe_rlhf.recipes.score_model import ScoreModelRecipe
 
-        self.tokenizer = engines.load_tokenizer(config.model)
+        # The modality switch: a vision-language policy brings a processor; each pair's image goes with both answers.
+        self.processor = engines.load_processor(config.model)
+        if self.processor is not None:
+            from safe_rlhf.vision_models import image_tokens
+
+            self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
+        else:
+            self.tokenizer, self.vision = engines.load_tokenizer(config.model), None
         skipped: Counter[str] = Counter(train.stats.skipped)
         _, train_items = ScoreModelRecipe._tokenize_with(
-            train_samples, self.tokenizer, data.max_length, data.on_error, False, skipped
+            train_samples, self.tokenizer, data.max_length, data.on_error, False, skipped, self.vision
         )
         _, eval_items = ScoreModelRecipe._tokenize_with(
-            eval_samples, self.tokenizer, data.max_length, data.on_error, False
+            eval_samples, self.tokenizer, data.max_length, data.on_error, False, None, self.vision
         )
         self.train_pairs, pair_counts = make_pairs(train_items, config.recipe, config.dpo.label, config.dpo.both_unsafe)
         self.eval_pairs, eval_counts = make_pairs(eval_items, config.recipe, config.dpo.label, config.dpo.both_unsafe)
@@ -297,7 +306,8 @@ class DPORecipe:
         """Step 1: chosen rows 0..B-1, rejected rows B..2B-1 of one right-padded (2B, L) batch."""
         from safe_rlhf.data import collate_preference
 
-        batch = collate_preference([pair.item for pair in pairs], self.tokenizer.pad_token_id)
+        batch = collate_preference([pair.item for pair in pairs], self.tokenizer.pad_token_id, self.vision)
+        images = {"pixel_values": batch["pixel_values"].repeat(2, 1, 1, 1)} if "pixel_values" in batch else {}
         input_ids = torch.cat([batch["better_input_ids"], batch["worse_input_ids"]])  # (2B, L)
         attention_mask = torch.cat([batch["better_attention_mask"], batch["worse_attention_mask"]])  # (2B, L)
         prompt_lengths = torch.tensor([pair.item.prompt_length for pair in pairs] * 2)  # (2B,) shared by both
@@ -308,12 +318,15 @@ class DPORecipe:
             "rejected_is_unsafe": torch.tensor([pair.rejected_is_unsafe == 1 for pair in pairs]),  # (B,) bool
             "swapped": torch.tensor([pair.swapped for pair in pairs]),  # (B,) bool
         }
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask, **labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask, **labels,
+                 **images}  # fmt: skip  # a VLM: each pair's image (2B, C, H, W) for its chosen and rejected rows
         return to_device(batch, self.device)
 
     def _log_probs(self, engine: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 2 / 3: (chosen, rejected) sequence log-probs (B,) each, from one forward of the (2B, L) batch."""
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (2B, L, V)
+        logits = engine(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **engines.image_inputs(batch)
+        ).logits  # (2B, L, V)
         # position t predicts token t + 1: align the logits with the next tokens and the response mask with them
         log_probs = sequence_log_probs(
             logits[:, :-1],
@@ -517,7 +530,8 @@ class DPORecipe:
         self.logger.message(f"checkpoint saved at step {self.step}")
 
     def export(self) -> None:
-        path = engines.export_hf(self.engine, self.tokenizer, self.run_dir / "model", self.config.deepspeed.zero_stage)
+        saved_with = self.processor if self.processor is not None else self.tokenizer  # a VLM: its processor too
+        path = engines.export_hf(self.engine, saved_with, self.run_dir / "model", self.config.deepspeed.zero_stage)
         if distributed.is_main_process():
             from safe_rlhf.steer import carry_trained_attributes
 

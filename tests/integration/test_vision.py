@@ -67,3 +67,21 @@ def test_vision_reward_and_cost_models_train_on_beavertails_v_and_export_a_vlm_s
     tower = [k for k in initial if "vision_tower" in k]
     assert tower and all(torch.equal(trained[k], initial[k]) for k in tower)
     assert any(not torch.equal(trained[k], initial[k]) for k in initial if "multi_modal_projector" in k)
+
+
+@pytest.mark.integration
+def test_vision_safe_dpo_trains_on_image_pairs_and_exports_a_vlm(tmp_path, safe_rlhf_cache):
+    run_dir = tmp_path / "safe_dpo"
+    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_preference",
+                 "data.eval=toyworld:vision_preference_test", *FAST, "train.max_steps=10"]  # fmt: skip
+    result = train_cli(overrides, config_name="safe_dpo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train pairs swapped to their safe response" in result.stdout + result.stderr
+    final = [m for m in read_metrics(run_dir) if "eval/loss" in m][-1]
+    assert final["eval/chosen_logp"] < 0 and final["eval/rejected_logp"] < 0
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    assert (
+        type(AutoModelForImageTextToText.from_pretrained(run_dir / "model")).__name__ == "LlavaForConditionalGeneration"
+    )
+    assert AutoProcessor.from_pretrained(run_dir / "model").image_token == "<image>"
