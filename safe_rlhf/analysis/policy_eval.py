@@ -4,7 +4,8 @@ A training recipe produces records, one per prompt: ``prompt_id``, ``prompt``, `
 cost model's raw score: > 0 unsafe), ``length``, ``ended_with_eos`` and ``risky`` (from the data, may be None).
 :func:`judge_responses` adds ground truth where the prompts come from a world that has it (the toy world:
 ``true_helpfulness``, ``true_severity``, ``true_categories``, and ``true_adherence`` where the record's ``system``
-message states preferences); :func:`summarize_responses` reduces them to the numbers
+message states preferences; a record with an ``image_class`` is judged by the multimodal world's judges, on the
+request its picture shows); :func:`summarize_responses` reduces them to the numbers
 in ``eval/summary.json``. The recipe never imports a world's judges itself.
 """
 
@@ -23,10 +24,16 @@ def judge_responses(records: list[dict[str, Any]], data_spec: str | None) -> lis
     """The records with the ground truth added (in place) when ``data_spec`` names a world with judges."""
     if not has_ground_truth(data_spec):
         return records
-    from safe_rlhf.toyworld import harm
+    from safe_rlhf.toyworld import harm, vision
     from safe_rlhf.toyworld.system import adherence, system_helpfulness
 
     for record in records:
+        if record.get("image_class"):  # the multimodal world: judged on the pictured request
+            pictured = vision.harm(record["prompt"], record["image_class"], record["response"])
+            record["true_helpfulness"] = vision.helpfulness(record["prompt"], record["image_class"], record["response"])
+            record["true_severity"] = pictured.severity
+            record["true_categories"] = list(pictured.categories)
+            continue
         # The harm judge ignores the system message (a claimed authority buys no harm); helpfulness is judged under
         # the preferences it states (the plain judge when it states none), and adherence is the share it satisfies.
         system = record.get("system")

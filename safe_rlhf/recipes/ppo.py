@@ -136,6 +136,8 @@ class PPORecipe:
         self.run_dir = Path(run_dir)
         self.variant = config.recipe
         self.uses_cost_critic = self.variant == "ppo_lag"
+        self.processor: Any = None  # a vision-language actor's processor (setup); None for text
+        self.vision: Any = None  # its ImageTokens: the modality switch of the data path
         self.step = 0
         self.preempted = False
         self.engines: dict[str, Any] = {}
@@ -151,7 +153,7 @@ class PPORecipe:
         seed_everything(config.seed)
         write_run_files(self.run_dir, config)
         self.device = distributed.device()
-        self.tokenizer = engines.load_tokenizer(config.actor)
+        self._setup_modality()
         self._setup_data()
         world = distributed.world_size()
         train = config.train
@@ -211,6 +213,26 @@ class PPORecipe:
         # Different sampling on every rank, reproducible per (seed, rank, step) so resume samples the same.
         self.sampling_seed = config.seed * 1000 + distributed.rank()
 
+    def _setup_modality(self) -> None:
+        """The modality switch: a vision-language actor brings a processor; then every prompt shows an image and
+        every model (actor, reference, critics, reward and cost models) reads it, so each must be a VLM."""
+        config = self.config
+        self.processor = engines.load_processor(config.actor)
+        if self.processor is None:
+            self.tokenizer, self.vision = engines.load_tokenizer(config.actor), None
+            return
+        from safe_rlhf.assets import resolve_model_path
+        from safe_rlhf.vision_models import image_tokens, is_vision_model
+
+        self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
+        for key in ("reward_model", "cost_model"):
+            path = getattr(config, key)
+            if path and not is_vision_model(resolve_model_path(path, key)):
+                raise ConfigError(
+                    f"{key}={path}: the actor is a vision-language model, so the {key.replace('_', ' ')} must read "
+                    "the image too (train it from the same VLM with --config-name " + key + ")"
+                )
+
     def _setup_data(self) -> None:
         from safe_rlhf.data import DataError, load_samples, tokenize_prompt
         from safe_rlhf.steer import request_names, steered
@@ -230,7 +252,7 @@ class PPORecipe:
                 if data.steer_request:  # SteerLM: the requested attribute values in every prompt
                     sample = steered(sample, data.steer_request, steer_names)
                 try:
-                    items.append(tokenize_prompt(sample, self.tokenizer, data.max_prompt_length))
+                    items.append(tokenize_prompt(sample, self.tokenizer, data.max_prompt_length, self.vision))
                     samples.append(sample)
                 except DataError:
                     if data.on_error == "raise":
@@ -382,7 +404,7 @@ class PPORecipe:
         config, settings = self.config, self.config.deepspeed
         distributed.init_distributed()
         self.device = distributed.device()
-        self.tokenizer = engines.load_tokenizer(config.actor)
+        self._setup_modality()
         self._setup_data()
         frozen_ds = engines.deepspeed_config(
             settings, micro_batch_size=config.train.micro_batch_size, gradient_accumulation_steps=1, trainable=False
@@ -420,6 +442,8 @@ class PPORecipe:
         if not hasattr(self, "_suppressed_ids"):
             rows = engines.embedding_rows(self.engines["actor"].module)
             self._suppressed_ids = engines.generation_suppressed_ids(self.tokenizer, rows)
+            if self.vision is not None:  # a sampled image token would ask the model for an image that is not there
+                self._suppressed_ids.append(self.vision.image_token_id)
         return self._suppressed_ids
 
     def trainable_engines(self) -> dict[str, Any]:
@@ -431,7 +455,8 @@ class PPORecipe:
         """Step 1 for one micro-batch of prompts: sample, then cut every response after its first EOS."""
         from safe_rlhf.data import collate_prompts
 
-        batch = to_device(collate_prompts(prompt_items, self.tokenizer.pad_token_id), self.device)
+        batch = to_device(collate_prompts(prompt_items, self.tokenizer.pad_token_id, self.vision), self.device)
+        images = engines.image_inputs(batch)
         generation = self.config.generation
         torch.manual_seed(seed)
         sequences = sample_responses(
@@ -449,18 +474,21 @@ class PPORecipe:
             gather=generation.gather_weights,
             world_size=distributed.world_size(),
             suppress_tokens=self.suppressed_ids,
+            image_inputs=images,
         )
-        return truncate_after_eos(
+        generated = truncate_after_eos(
             sequences,
             batch["input_ids"].shape[1],
             batch["attention_mask"],
             self.tokenizer.eos_token_id,
             self.tokenizer.pad_token_id,
         )
+        generated.pixel_values = images.get("pixel_values")
+        return generated
 
     @torch.no_grad()
     def score(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **images: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 2 for one micro-batch: (reward (B,), cost scores for use (B, C), raw cost scores (B, C), the reward
         model's scores (B, A): A attributes of a multi-attribute model, else A = 1 and the reward itself).
@@ -469,7 +497,9 @@ class PPORecipe:
         sign convention (> 0 unsafe), which is what a rate constraint and the unsafe rate must test, normalized or
         not. Without a cost model both cost tensors are (B, 0)."""
         reward_model = self.engines["reward_model"]
-        reward_scores = scores_for_use(reward_model.module, end_scores(reward_model, input_ids, attention_mask))
+        reward_scores = scores_for_use(
+            reward_model.module, end_scores(reward_model, input_ids, attention_mask, **images)
+        )
         # A multi-attribute reward model: the configured weighted sum of its outputs (HelpSteer: verbosity < 0).
         weights = getattr(self, "reward_weights", None)
         rewards = reward_scores[:, 0] if weights is None else combine_attributes(reward_scores, weights)
@@ -477,7 +507,7 @@ class PPORecipe:
             empty = torch.zeros(rewards.shape[0], 0, device=rewards.device)
             return rewards, empty, empty, reward_scores
         cost_model = self.engines["cost_model"]
-        raw_costs = end_scores(cost_model, input_ids, attention_mask)
+        raw_costs = end_scores(cost_model, input_ids, attention_mask, **images)
         if is_moderation_model(self.cost_metadata):
             # A moderation model as the cost model: output k's logit minus logit(threshold_k), > 0 = passes it.
             shifted = moderation_costs(raw_costs, self.cost_metadata["thresholds"])
@@ -550,14 +580,15 @@ class PPORecipe:
         input_ids: torch.Tensor,  # (B, L)
         attention_mask: torch.Tensor,  # (B, L)
         temperature: float,
+        **images: torch.Tensor,  # a VLM's pixel_values (B, C, H, W)
     ) -> torch.Tensor:  # (B, L-1)
         """The reference policy's log-probs: the frozen reference engine, or a LoRA actor with its adapters off."""
         if "reference" in self.engines:
-            return policy_log_probs(self.engines["reference"], input_ids, attention_mask, temperature)
+            return policy_log_probs(self.engines["reference"], input_ids, attention_mask, temperature, **images)
         from safe_rlhf.lora import adapters_disabled
 
         with adapters_disabled(self.engines["actor"]):
-            return policy_log_probs(self.engines["actor"], input_ids, attention_mask, temperature)
+            return policy_log_probs(self.engines["actor"], input_ids, attention_mask, temperature, **images)
 
     @torch.no_grad()
     def make_rollout(self, prompt_chunks: list[list[Any]], seeds: list[int]) -> tuple[Rollout, dict[str, float]]:
@@ -575,8 +606,12 @@ class PPORecipe:
         input_ids, attention_mask, action_mask = batch.input_ids, batch.attention_mask, batch.action_mask
         rows = self._micro_batches(size, input_ids.shape[0])
 
+        def images_of(r: slice) -> dict[str, torch.Tensor]:
+            return {} if batch.pixel_values is None else {"pixel_values": batch.pixel_values[r]}
+
         def per_micro_batch(function: Any) -> list[Any]:
-            return [function(input_ids[r], attention_mask[r]) for r in rows]
+            # A vision-language policy: each micro-batch's images go with its sequences to every model.
+            return [function(input_ids[r], attention_mask[r], **images_of(r)) for r in rows]
 
         # 2. score: reward model R and cost model C at each response's last real token.
         scored = per_micro_batch(self.score)
@@ -597,15 +632,15 @@ class PPORecipe:
         # 4. log-probs of the sampled tokens (actor = "old" policy, reference) and the critics' values.
         temperature = config.generation.temperature
         old_log_probs = torch.cat(
-            per_micro_batch(lambda i, m: policy_log_probs(self.engines["actor"], i, m, temperature))
+            per_micro_batch(lambda i, m, **x: policy_log_probs(self.engines["actor"], i, m, temperature, **x))
         )
-        ref_log_probs = torch.cat(per_micro_batch(lambda i, m: self.reference_log_probs(i, m, temperature)))
+        ref_log_probs = torch.cat(per_micro_batch(lambda i, m, **x: self.reference_log_probs(i, m, temperature, **x)))
         reward_values = torch.cat(
-            per_micro_batch(lambda i, m: token_scores(self.engines["reward_critic"], i, m)[:, :-1, 0])
+            per_micro_batch(lambda i, m, **x: token_scores(self.engines["reward_critic"], i, m, **x)[:, :-1, 0])
         )
         if self.uses_cost_critic:
             cost_values = torch.cat(
-                per_micro_batch(lambda i, m: token_scores(self.engines["cost_critic"], i, m)[:, :-1, :])
+                per_micro_batch(lambda i, m, **x: token_scores(self.engines["cost_critic"], i, m, **x)[:, :-1, :])
             ).permute(0, 2, 1)  # (N, K, L-1)
         else:
             cost_values = torch.zeros(input_ids.shape[0], 0, input_ids.shape[1] - 1, device=input_ids.device)
@@ -647,6 +682,7 @@ class PPORecipe:
             cost_returns=cost_returns,
             ended_with_eos=batch.ended_with_eos,
             response_lengths=batch.response_lengths,
+            **({} if batch.pixel_values is None else {"pixel_values": batch.pixel_values}),
         )
         return rollout, timings
 
@@ -710,7 +746,8 @@ class PPORecipe:
                 first, last = rollout.columns(rows)
                 advantage = advantages[rows, first : last - 1]  # the same trim as select()
                 # 6a. actor: PPO-clip on the (combined) advantages, plus the ptx term.
-                logits = policy_logits(actor, micro.input_ids, micro.attention_mask, temperature)
+                images = micro.image_inputs  # a vision-language policy: each episode's image
+                logits = policy_logits(actor, micro.input_ids, micro.attention_mask, temperature, **images)
                 log_probs = gather_log_probs(logits, micro.input_ids[:, 1:])
                 actor_loss, clip_stats = ppo_clip_loss(
                     log_probs, micro.old_log_probs, advantage, micro.action_mask, config.ppo.clip_ratio
@@ -723,7 +760,7 @@ class PPORecipe:
                 stats["entropy"].append(float(masked_entropy(logits.detach(), micro.action_mask)))
                 del logits
                 # 6b. reward critic: clipped value loss against the GAE returns.
-                values = token_scores(reward_critic, micro.input_ids, micro.attention_mask)[:, :-1, 0]
+                values = token_scores(reward_critic, micro.input_ids, micro.attention_mask, **images)[:, :-1, 0]
                 reward_critic_loss, value_stats = clipped_value_loss(
                     values, micro.reward_values, micro.reward_returns, micro.action_mask, config.ppo.value_clip
                 )
@@ -731,7 +768,7 @@ class PPORecipe:
                 self._step(reward_critic, "reward critic", index)
                 # 6c. cost critic (ppo_lag): one value head per constraint.
                 if cost_critic is not None:
-                    cost_values = token_scores(cost_critic, micro.input_ids, micro.attention_mask)[:, :-1, :]
+                    cost_values = token_scores(cost_critic, micro.input_ids, micro.attention_mask, **images)[:, :-1, :]
                     cost_critic_loss = sum(
                         clipped_value_loss(
                             cost_values[:, :, k],
@@ -922,7 +959,8 @@ class PPORecipe:
         for pass_index in range(-(-per_rank // size)):
             ids = batches[pass_index] if pass_index < len(batches) else [0]  # equal passes on every rank (ZeRO-3)
             generated = self.generate([items[i] for i in ids], seed=seed + 31 * pass_index + distributed.rank())
-            rewards, costs_for_use, raw_costs, _ = self.score(generated.input_ids, generated.attention_mask)
+            images = {} if generated.pixel_values is None else {"pixel_values": generated.pixel_values}
+            rewards, costs_for_use, raw_costs, _ = self.score(generated.input_ids, generated.attention_mask, **images)
             if pass_index >= len(batches):
                 continue
             metas = [getattr(samples[index], "meta", {}) for index in ids]
@@ -950,6 +988,12 @@ class PPORecipe:
                         "length": int(lengths[row]),
                         "ended_with_eos": bool(ended[row]),
                         "risky": sample.meta.get("risky") if hasattr(sample, "meta") else None,
+                        # the multimodal world: what the picture shows, which its judges need
+                        **(
+                            {"image_class": sample.meta["image_class"]}
+                            if "image_class" in getattr(sample, "meta", {})
+                            else {}
+                        ),
                     }
                 )
         return records
@@ -989,7 +1033,8 @@ class PPORecipe:
         """The actor as a Hugging Face model (all ranks call this), with its SteerLM attributes if it had any."""
         from safe_rlhf.steer import carry_trained_attributes
 
-        path = engines.export_hf(self.engines["actor"], self.tokenizer, target, self.config.deepspeed.zero_stage)
+        saved_with = self.processor if self.processor is not None else self.tokenizer  # a VLM: its processor too
+        path = engines.export_hf(self.engines["actor"], saved_with, target, self.config.deepspeed.zero_stage)
         if distributed.is_main_process():
             carry_trained_attributes(self.config.actor.name_or_path, path)
         return path

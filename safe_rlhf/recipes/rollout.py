@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -47,6 +47,13 @@ class Rollout:
     cost_returns: torch.Tensor  # (N, K, L-1)
     ended_with_eos: torch.Tensor  # (N,) bool
     response_lengths: torch.Tensor  # (N,) tokens including EOS
+    # (N, C, H, W): each episode's image for a vision-language policy and its models; (0,) for text
+    pixel_values: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    @property
+    def image_inputs(self) -> dict[str, torch.Tensor]:
+        """Forward keyword arguments for the episodes' images ({} for text)."""
+        return {"pixel_values": self.pixel_values} if self.pixel_values.dim() == 4 else {}
 
     def to(self, device: torch.device) -> Rollout:
         return Rollout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -95,6 +102,16 @@ class Generated:
     ended_with_eos: torch.Tensor  # (B,)
     response_lengths: torch.Tensor  # (B,)
     prompt_length: int  # P
+    pixel_values: torch.Tensor | None = None  # (B, C, H, W) the prompts' images (vision-language policy)
+
+
+def _cat_images(pieces: list[torch.Tensor | None]) -> torch.Tensor | None:
+    present = [piece for piece in pieces if piece is not None]
+    if not present:
+        return None
+    if len(present) != len(pieces):
+        raise ValueError("some generation micro-batches have images and some do not")
+    return torch.cat(present)
 
 
 def concat_padded(pieces: list[Generated], pad_token_id: int) -> Generated:
@@ -120,6 +137,7 @@ def concat_padded(pieces: list[Generated], pad_token_id: int) -> Generated:
         ended_with_eos=torch.cat([piece.ended_with_eos for piece in pieces]),
         response_lengths=torch.cat([piece.response_lengths for piece in pieces]),
         prompt_length=prompt_length,
+        pixel_values=_cat_images([piece.pixel_values for piece in pieces]),
     )
 
 
@@ -178,8 +196,10 @@ def policy_logits(
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
     temperature: float,
+    **image_inputs: torch.Tensor,  # a VLM's pixel_values (B, C, H, W); none for text
 ) -> torch.Tensor:  # (B, L-1, V) next-token logits at positions 0..L-2, divided by the temperature
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, **position_kwargs(model, attention_mask)).logits
+    positions = position_kwargs(model, attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **positions, **image_inputs).logits
     return logits[:, :-1] / temperature
 
 
@@ -188,9 +208,11 @@ def policy_log_probs(
     input_ids: torch.Tensor,  # (B, L)
     attention_mask: torch.Tensor,  # (B, L)
     temperature: float,
+    **image_inputs: torch.Tensor,  # a VLM's pixel_values; none for text
 ) -> torch.Tensor:  # (B, L-1) log-prob of token t+1 under the policy at position t
     """Log-probs with the sampling temperature applied (rollout, reference and update must all divide by it)."""
-    return gather_log_probs(policy_logits(model, input_ids, attention_mask, temperature), input_ids[:, 1:])
+    logits = policy_logits(model, input_ids, attention_mask, temperature, **image_inputs)
+    return gather_log_probs(logits, input_ids[:, 1:])
 
 
 def _zero3_parameter_offload(engine: Any) -> Any:
@@ -253,6 +275,7 @@ def sample_responses(
     gather: bool,
     world_size: int,
     suppress_tokens: list[int] | None = None,
+    image_inputs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:  # (B, P + T)
     """Sample one response per prompt. No position_ids are passed: generate derives them from the attention mask."""
     # Ranks must step together under ZeRO-3 unless the weights are gathered (no collectives inside forward then).
@@ -272,4 +295,5 @@ def sample_responses(
             synced_gpus=synced,
             # vocabulary padding and an added pad token: never sampled (engines.generation_suppressed_ids)
             suppress_tokens=suppress_tokens or None,
+            **(image_inputs or {}),  # a VLM: the prompts' pixel_values, read at the first step only
         )

@@ -1,38 +1,69 @@
-"""The image modality switch in the recipes, end to end on the tiny VLM and the multimodal toy world."""
+"""The image modality switch in the recipes, end to end on the tiny VLM and the multimodal toy world: SFT, reward and
+cost models, SafeDPO and PPO-Lag (one rank, and two ranks under ZeRO-3 with the deepspeed launcher)."""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import train_cli
+from safe_rlhf.distributed import find_free_port
+from tests.conftest import run_cli, train_cli
 from tests.integration.sft_helpers import read_metrics
 
 FAST = ["logger=none", "train.micro_batch_size=8", "train.batch_size=16", "train.log_steps=1"]
+PREFERENCES = ["data.train=toyworld:vision_preference", "data.eval=toyworld:vision_preference_test"]
+PPO_FAST = ["logger=none", "data.train=toyworld:vision_prompts", "data.eval=toyworld:vision_eval_prompts",
+            "train.rollout_batch_size=16", "train.mini_batch_size=8", "train.micro_batch_size=8",
+            "generation.max_new_tokens=8", "train.log_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vision_runs(tmp_path_factory, safe_rlhf_cache):
+    """SFT from the tiny VLM, then reward and cost models from the SFT policy: (run dirs, results)."""
+    root = tmp_path_factory.mktemp("vision")
+    runs, results = {name: root / name for name in ("sft", "reward_model", "cost_model")}, {}
+    sft_overrides = [f"output_dir={runs['sft']}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_sft",
+                     *FAST, "train.max_steps=40", "train.eval_steps=40"]  # fmt: skip
+    results["sft"] = train_cli(sft_overrides)
+    assert results["sft"].returncode == 0, results["sft"].stderr[-3000:]
+    for recipe in ("reward_model", "cost_model"):
+        results[recipe] = train_cli([f"output_dir={runs[recipe]}", f"model.name_or_path={runs['sft'] / 'model'}",
+                                     *PREFERENCES, *FAST, "train.max_steps=20"], config_name=recipe)  # fmt: skip
+        assert results[recipe].returncode == 0, results[recipe].stderr[-3000:]
+    return runs, results
+
+
+def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A score model saves its backbone under "model." (base_model_prefix); the VLM checkpoints without it.
+    return {key.removeprefix("model."): value for key, value in state.items()}
+
+
+def tower_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    return [key for key in state if "vision_tower" in key]
 
 
 @pytest.mark.integration
-def test_vision_sft_learns_exports_a_vlm_and_keeps_the_vision_tower_frozen(tmp_path, safe_rlhf_cache):
-    run_dir = tmp_path / "vsft"
-    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_sft", *FAST,
-                 "train.max_steps=40", "train.eval_steps=40"]  # fmt: skip
-    result = train_cli(overrides)
-    assert result.returncode == 0, result.stderr[-3000:]
-    evals = [m["eval/loss"] for m in read_metrics(run_dir) if "eval/loss" in m]
+def test_vision_sft_learns_exports_a_vlm_and_keeps_the_vision_tower_frozen(vision_runs, safe_rlhf_cache):
+    runs, _ = vision_runs
+    evals = [m["eval/loss"] for m in read_metrics(runs["sft"]) if "eval/loss" in m]
     assert evals[-1] < 0.7 * evals[0], evals
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(run_dir / "model")
-    model = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
+    processor = AutoProcessor.from_pretrained(runs["sft"] / "model")
+    model = AutoModelForImageTextToText.from_pretrained(runs["sft"] / "model")
     assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
     assert type(model).__name__ == "LlavaForConditionalGeneration"
-    trained = load_file(run_dir / "model" / "model.safetensors")
+    trained = load_file(runs["sft"] / "model" / "model.safetensors")
     initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
-    tower = [k for k in initial if "vision_tower" in k]
     projector = [k for k in initial if "multi_modal_projector" in k]
-    assert tower and projector
-    assert all(torch.equal(trained[k], initial[k]) for k in tower)  # model.freeze_vision_tower=true (default)
+    assert tower_keys(initial) and projector
+    assert all(torch.equal(trained[k], initial[k]) for k in tower_keys(initial))  # model.freeze_vision_tower=true
     assert any(not torch.equal(trained[k], initial[k]) for k in projector)
 
 
@@ -47,33 +78,28 @@ def test_image_data_on_a_text_model_is_one_line(tmp_path, safe_rlhf_cache):
 @pytest.mark.integration
 @pytest.mark.parametrize("recipe", ["reward_model", "cost_model"])
 def test_vision_reward_and_cost_models_train_on_beavertails_v_and_export_a_vlm_score_model(
-    recipe, tmp_path, safe_rlhf_cache
+    recipe, vision_runs, safe_rlhf_cache
 ):
-    run_dir = tmp_path / recipe
-    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_preference",
-                 "data.eval=toyworld:vision_preference_test", *FAST, "train.max_steps=30"]  # fmt: skip
-    result = train_cli(overrides, config_name=recipe)
-    assert result.returncode == 0, result.stderr[-3000:]
-    final = [m for m in read_metrics(run_dir) if "eval/accuracy" in m][-1]
+    runs, _ = vision_runs
+    final = [m for m in read_metrics(runs[recipe]) if "eval/accuracy" in m][-1]
     # judged by the multimodal world's ground truth (the picture's class read from the image file)
     assert any(key.startswith("eval/true_") for key in final), final
     from safe_rlhf.score_model import load_score_model
 
-    model = load_score_model(str(run_dir / "model"))
-    assert type(model).__name__ == "LlavaForSequenceClassification"
-    # the score model saves its backbone under "model." (base_model_prefix); the VLM checkpoint without it
-    trained = {k.removeprefix("model."): v for k, v in load_file(run_dir / "model" / "model.safetensors").items()}
+    assert type(load_score_model(str(runs[recipe] / "model"))).__name__ == "LlavaForSequenceClassification"
+    trained = strip_prefix(load_file(runs[recipe] / "model" / "model.safetensors"))
     initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
-    tower = [k for k in initial if "vision_tower" in k]
-    assert tower and all(torch.equal(trained[k], initial[k]) for k in tower)
-    assert any(not torch.equal(trained[k], initial[k]) for k in initial if "multi_modal_projector" in k)
+    assert all(torch.equal(trained[k], initial[k]) for k in tower_keys(initial))
+    sft = load_file(runs["sft"] / "model" / "model.safetensors")
+    assert any(not torch.equal(trained[k], sft[k]) for k in sft if "multi_modal_projector" in k)
 
 
 @pytest.mark.integration
-def test_vision_safe_dpo_trains_on_image_pairs_and_exports_a_vlm(tmp_path, safe_rlhf_cache):
+def test_vision_safe_dpo_trains_on_image_pairs_and_exports_a_vlm(tmp_path, vision_runs):
+    runs, _ = vision_runs
     run_dir = tmp_path / "safe_dpo"
-    overrides = [f"output_dir={run_dir}", "model.name_or_path=tiny-vlm", "data.train=toyworld:vision_preference",
-                 "data.eval=toyworld:vision_preference_test", *FAST, "train.max_steps=10"]  # fmt: skip
+    overrides = [f"output_dir={run_dir}", f"model.name_or_path={runs['sft'] / 'model'}", *PREFERENCES, *FAST,
+                 "train.max_steps=10"]  # fmt: skip
     result = train_cli(overrides, config_name="safe_dpo")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train pairs swapped to their safe response" in result.stdout + result.stderr
@@ -81,7 +107,67 @@ def test_vision_safe_dpo_trains_on_image_pairs_and_exports_a_vlm(tmp_path, safe_
     assert final["eval/chosen_logp"] < 0 and final["eval/rejected_logp"] < 0
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    assert (
-        type(AutoModelForImageTextToText.from_pretrained(run_dir / "model")).__name__ == "LlavaForConditionalGeneration"
-    )
+    model = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert AutoProcessor.from_pretrained(run_dir / "model").image_token == "<image>"
+
+
+def ppo_models(runs) -> list[str]:
+    return [f"actor.name_or_path={runs['sft'] / 'model'}", f"reward_model={runs['reward_model'] / 'model'}",
+            f"cost_model={runs['cost_model'] / 'model'}"]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_vision_ppo_lag_rolls_out_on_images_and_is_judged_on_the_pictured_request(tmp_path, vision_runs):
+    runs, _ = vision_runs
+    run_dir = tmp_path / "ppo_lag"
+    result = train_cli([f"output_dir={run_dir}", *ppo_models(runs), *PPO_FAST, "train.max_steps=2"],
+                       config_name="ppo_lag")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [m for m in read_metrics(run_dir) if "train/lambda_0" in m]
+    assert [m["step"] for m in rows] == [1, 2] and all(math.isfinite(m["train/reward"]) for m in rows)
+    records = [json.loads(line) for line in (run_dir / "eval" / "responses.jsonl").read_text().splitlines()]
+    assert len(records) == 256 and all("image_class" in r and "true_helpfulness" in r for r in records)
+    from safe_rlhf.toyworld import vision
+
+    first = records[0]
+    assert first["true_helpfulness"] == vision.helpfulness(first["prompt"], first["image_class"], first["response"])
+    from transformers import AutoProcessor
+
+    assert AutoProcessor.from_pretrained(run_dir / "model").image_token == "<image>"
+
+
+@pytest.mark.integration
+def test_a_text_reward_model_for_a_vision_actor_is_one_line(tmp_path, vision_runs):
+    runs, _ = vision_runs
+    # "tiny" is the text Llama: refused before anything is loaded
+    overrides = [f"output_dir={tmp_path / 'x'}", *ppo_models(runs), "reward_model=tiny", *PPO_FAST,
+                 "train.max_steps=1"]  # fmt: skip
+    result = train_cli(overrides, config_name="ppo_lag")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the actor is a vision-language model, so the reward model must read the image too" in result.stderr
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_vision_ppo_lag_under_the_deepspeed_launcher(tmp_path, vision_runs):
+    """2 ranks under ZeRO-3: each rank rolls out its own 8 prompts (its own images, sampled response lengths) in 2
+    micro-batches with gathered-weight generation; the multiplier must come out the same on both ranks."""
+    runs, _ = vision_runs
+    run_dir = tmp_path / "z3"
+    deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    command = [deepspeed, "--num_gpus", "2", "--master_port", str(find_free_port()), "--module", "safe_rlhf.train",
+               "--config-name", "ppo_lag", f"output_dir={run_dir}", "deepspeed=zero3", *ppo_models(runs),
+               *[o for o in PPO_FAST if not o.startswith("train.micro_batch_size")], "train.micro_batch_size=4",
+               "train.max_steps=2", "train.save_steps=2"]  # fmt: skip
+    result = run_cli(command, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    rows = [m for m in read_metrics(run_dir) if "train/lambda_0" in m]
+    assert [m["step"] for m in rows] == [1, 2] and all(math.isfinite(m["train/reward"]) for m in rows)
+    checkpoint = run_dir / "checkpoints" / "step-2"
+    states = [json.loads((checkpoint / f"rank_state_rank{r}.json").read_text()) for r in (0, 1)]
+    assert states[0]["multipliers"] == states[1]["multipliers"]
+    assert len(states[0]["multipliers"][0]["window"]) == 32  # 2 iterations x 16 episodes from both ranks
+    from transformers import AutoModelForImageTextToText
+
+    exported = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
+    assert type(exported).__name__ == "LlavaForConditionalGeneration"
