@@ -68,6 +68,7 @@ def test_vision_sft_learns_exports_a_vlm_and_keeps_the_vision_tower_frozen(visio
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # make test's budget; the same refusal is unit-tested in tests/unit/test_vision_models.py
 def test_image_data_on_a_text_model_is_one_line(tmp_path, safe_rlhf_cache):
     result = train_cli([f"output_dir={tmp_path / 'x'}", "data.train=toyworld:vision_sft", *FAST, "train.max_steps=1"])
     assert result.returncode == 2, result.stderr[-2000:]
@@ -95,6 +96,7 @@ def test_vision_reward_and_cost_models_train_on_beavertails_v_and_export_a_vlm_s
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # make test's budget (12 s): the slow tier
 def test_vision_safe_dpo_trains_on_image_pairs_and_exports_a_vlm(tmp_path, vision_runs):
     runs, _ = vision_runs
     run_dir = tmp_path / "safe_dpo"
@@ -149,6 +151,7 @@ def test_a_text_reward_model_for_a_vision_actor_is_one_line(tmp_path, vision_run
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # make test's budget (about 50 s): make test-slow runs it
 def test_two_rank_zero3_vision_ppo_lag_under_the_deepspeed_launcher(tmp_path, vision_runs):
     """2 ranks under ZeRO-3: each rank rolls out its own 8 prompts (its own images, sampled response lengths) in 2
     micro-batches with gathered-weight generation; the multiplier must come out the same on both ranks."""
