@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from safe_rlhf.toyworld.generate import (
     BasePolicy,
+    _write_jsonl,
     default_cache_root,
     ensure_folder,
     label_pair,
@@ -122,16 +123,6 @@ class _Pool:
 
     def png(self, relative: str) -> bytes:
         return (self.root / relative).read_bytes()
-
-
-def _write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as file:
-        for record in records:
-            file.write(json.dumps(record) + "\n")
-            count += 1
-    return count
 
 
 def _draw(rng: random.Random, risky_fraction: float) -> ImageClass:
