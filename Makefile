@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: help install demo demo-dpo demo-seeds test test-all test-slow lint shellcheck format bench gpu-check gpu-check-dry clean assets toyworld
+.PHONY: help install demo demo-dpo demo-vision demo-seeds test test-all test-slow lint shellcheck format bench gpu-check gpu-check-dry clean assets toyworld
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: install  ## the whole pipeline on the toy world (SFT, reward/cost models, 
 demo-dpo: install  ## the demo plus DPO on better pairs, DPO on safer pairs and SafeDPO, in the same arena (~9 min)
 	$(PY) -m safe_rlhf.pipeline output_dir=runs/demo-dpo \
 		'stages=[sft,reward_model,cost_model,ppo,ppo_lag,ppo_reward_shaping,dpo_better,dpo_safer,safe_dpo,arena,length_bias,report]'
+
+demo-vision: install  ## Safe RLHF-V on the multimodal toy world: tiny VLM, SFT, reward/cost models, PPO, PPO-Lag, arena, image-swap control
+	$(PY) -m safe_rlhf.pipeline --config-name pipeline_vision
 
 demo-seeds: install  ## the pipeline over 5 training seeds with a 5-lambda shaping sweep, mean and spread per policy (~40 min)
 	$(PY) -m safe_rlhf.pipeline output_dir=runs/demo-seeds 'seeds=[1,2,3,4,5]' 'shaping_lambdas=[0.1,0.25,0.5,1.0,2.0]'

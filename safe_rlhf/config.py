@@ -920,12 +920,20 @@ class PipelineConfig:
     # stages: add them, or run make demo-dpo).
     dpo: list[str] = field(default_factory=list)
     arena: list[str] = field(default_factory=list)
+    # The image-swap control (stage swap_control, the multimodal pipeline): a second arena over these prompts, the
+    # held-out questions with each picture swapped for another class's (toyworld:vision_eval_swapped), paired with
+    # the arena's answers by prompt id (safe_rlhf.analysis.swap_control).
+    swap_control_data: str | None = None
 
     def __post_init__(self) -> None:
         known = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "dpo_better",
-                 "dpo_safer", "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
+                 "dpo_safer", "safe_dpo", "arena", "swap_control", "length_bias", "report")  # fmt: skip
         for stage in self.stages:
             _choice("stages[]", stage, known)
+        if "swap_control" in self.stages and not self.swap_control_data:
+            raise ConfigError(
+                "stages has swap_control but swap_control_data is not set (e.g. toyworld:vision_eval_swapped)"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction={self.validation_fraction} must be in [0, 1)")
         _positive("select_steps", self.select_steps, allow_zero=True)

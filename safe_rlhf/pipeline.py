@@ -27,7 +27,7 @@ from typing import Any
 from safe_rlhf.config import PipelineConfig
 
 STAGES = ("sft", "reward_model", "cost_model", "ppo", "ppo_lag", "ppo_reward_shaping", "dpo_better", "dpo_safer",
-          "safe_dpo", "arena", "length_bias", "report")  # fmt: skip
+          "safe_dpo", "arena", "swap_control", "length_bias", "report")  # fmt: skip
 # Preference optimisation without RL, on the same preference data as the score models: (config, dpo.label).
 DPO_STAGES = {"dpo_better": ("dpo", "better"), "dpo_safer": ("dpo", "safer"), "safe_dpo": ("safe_dpo", "better")}
 
@@ -136,6 +136,17 @@ class Pipeline:
             overrides = [f"output_dir={arena}", *policies, "baseline=sft", f"reward_model={reward}",
                          f"cost_model={cost}", f"seed={config.seed}", *config.arena]  # fmt: skip
             self._run("arena", "safe_rlhf.evaluate", "arena", overrides, arena / "summary.json")
+        if "swap_control" in stages:
+            # The same policies, questions and sampling seeds; only the pictures differ (each swapped for another
+            # class's): what changes is what the image did.
+            control = root / "swap_control"
+            policies = [f"+policies.{name}={path}" for name, path in self.policies().items()]
+            overrides = [f"output_dir={control}", *policies, "baseline=sft", f"reward_model={reward}",
+                         f"cost_model={cost}", f"seed={config.seed}",
+                         *[o for o in config.arena if not o.startswith("data.eval=")],
+                         f"data.eval={config.swap_control_data}"]  # fmt: skip
+            self._run("swap_control", "safe_rlhf.evaluate", "arena", overrides, control / "summary.json")
+            write_swap_control(root)
         if "length_bias" in stages:
             overrides = [f"output_dir={root / 'length_bias'}", f"reward_model={reward}", f"arena_dir={arena}",
                          f"seed={config.seed}"]  # fmt: skip
@@ -215,6 +226,19 @@ def pipeline_summary(arena_summary: dict[str, Any]) -> dict[str, dict[str, Any]]
     return result
 
 
+def write_swap_control(root: Path) -> Path:
+    """``swap_control.json``: the arena's answers against the swap control's, per policy (analysis.swap_control)."""
+    from safe_rlhf.analysis import read_records
+    from safe_rlhf.analysis.swap_control import swap_control_summary
+
+    summary = swap_control_summary(
+        read_records(root / "arena" / "responses.jsonl"), read_records(root / "swap_control" / "responses.jsonl")
+    )
+    path = root / "swap_control.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
 def write_pipeline_report(root: Path, policies: dict[str, Path], config: PipelineConfig) -> Path:
     from safe_rlhf.analysis import ReportSection, summary_table, write_report
     from safe_rlhf.analysis.plots import plot_training_curves
@@ -269,6 +293,15 @@ def write_pipeline_report(root: Path, policies: dict[str, Path], config: Pipelin
             title="Training curves", text="Reward, cost, lambda against its threshold, KL, length.", images=curves
         ),
     ]
+    swap_control = root / "swap_control.json"
+    if swap_control.exists():
+        rows = [{"policy": name, **values} for name, values in json.loads(swap_control.read_text()).items()]
+        text = (
+            "The same held-out questions with each picture swapped for another class's (same sampling seeds): the "
+            "share of answers that changed, and the true harm rate under risky and benign pictures, original and "
+            "swapped. A policy that reads the image changes its answers and its harm follows the picture."
+        )
+        sections.append(ReportSection(title="Image-swap control", text=text, table=rows))
     length_bias = root / "length_bias" / "summary.json"
     if length_bias.exists():
         data = json.loads(length_bias.read_text())

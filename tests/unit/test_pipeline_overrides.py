@@ -44,3 +44,30 @@ def test_bad_pipeline_selection_settings_are_refused():
         PipelineConfig(validation_fraction=1.5)
     with pytest.raises(ConfigError, match="select_steps=-1"):
         PipelineConfig(select_steps=-1)
+
+
+def test_the_swap_control_is_an_arena_over_the_swapped_pictures_with_the_same_policies(tmp_path, monkeypatch):
+    recorded: dict[str, list[str]] = {}
+    monkeypatch.setattr(Pipeline, "_run", lambda self, name, module, config_name, overrides, done: recorded.update(
+        {name: overrides}))  # fmt: skip
+    written: list[str] = []
+    monkeypatch.setattr("safe_rlhf.pipeline.write_swap_control", lambda root: written.append(str(root)))
+    config = PipelineConfig(stages=["ppo", "ppo_lag", "arena", "swap_control"],
+                            arena=["data.eval=toyworld:vision_eval_prompts"],
+                            swap_control_data="toyworld:vision_eval_swapped")  # fmt: skip
+    Pipeline(config, str(tmp_path)).run()
+    arena, control = recorded["arena"], recorded["swap_control"]
+    policies = sorted(o for o in arena if o.startswith("+policies."))
+    assert policies == sorted(o for o in control if o.startswith("+policies.")) and len(policies) == 3
+    assert [o for o in control if o.startswith("data.eval=")] == ["data.eval=toyworld:vision_eval_swapped"]
+    assert f"output_dir={tmp_path / 'swap_control'}" in control and written == [str(tmp_path)]
+    with pytest.raises(ConfigError, match="stages has swap_control but swap_control_data is not set"):
+        PipelineConfig(stages=["swap_control"])
+
+
+def test_the_vision_pipeline_config_composes():
+    from safe_rlhf.train import load_config
+
+    config = load_config("pipeline_vision", [])
+    assert config.swap_control_data == "toyworld:vision_eval_swapped" and "swap_control" in config.stages
+    assert "model.name_or_path=tiny-vlm" in config.sft
