@@ -131,13 +131,15 @@ def prompt_group_members(metas: list[Any], groups: list[str | None], num_constra
 class PPORecipe:
     """recipe=ppo (reward only), ppo_lag (Safe RLHF) or ppo_reward_shaping (R - lambda C, lambda fixed)."""
 
+    # The modality switch (set in setup): a vision-language actor's processor and ImageTokens; None for text.
+    processor: Any = None
+    vision: Any = None
+
     def __init__(self, config: PPOConfig, run_dir: str) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.variant = config.recipe
         self.uses_cost_critic = self.variant == "ppo_lag"
-        self.processor: Any = None  # a vision-language actor's processor (setup); None for text
-        self.vision: Any = None  # its ImageTokens: the modality switch of the data path
         self.step = 0
         self.preempted = False
         self.engines: dict[str, Any] = {}
