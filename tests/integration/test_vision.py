@@ -60,7 +60,7 @@ def test_vision_sft_learns_exports_a_vlm_and_keeps_the_vision_tower_frozen(visio
     assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     trained = load_file(runs["sft"] / "model" / "model.safetensors")
-    initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
+    initial = load_file(safe_rlhf_cache / "tiny-vlm-v2" / "model.safetensors")
     projector = [k for k in initial if "multi_modal_projector" in k]
     assert tower_keys(initial) and projector
     assert all(torch.equal(trained[k], initial[k]) for k in tower_keys(initial))  # model.freeze_vision_tower=true
@@ -89,7 +89,7 @@ def test_vision_reward_and_cost_models_train_on_beavertails_v_and_export_a_vlm_s
 
     assert type(load_score_model(str(runs[recipe] / "model"))).__name__ == "LlavaForSequenceClassification"
     trained = strip_prefix(load_file(runs[recipe] / "model" / "model.safetensors"))
-    initial = load_file(safe_rlhf_cache / "tiny-vlm-v1" / "model.safetensors")
+    initial = load_file(safe_rlhf_cache / "tiny-vlm-v2" / "model.safetensors")
     assert all(torch.equal(trained[k], initial[k]) for k in tower_keys(initial))
     sft = load_file(runs["sft"] / "model" / "model.safetensors")
     assert any(not torch.equal(trained[k], sft[k]) for k in sft if "multi_modal_projector" in k)

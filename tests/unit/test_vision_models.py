@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -11,14 +12,21 @@ from safe_rlhf.data.tokenize import TokenizedDataset, prompt_ids
 from safe_rlhf.data.types import PreferenceSample, SFTSample, conversation
 from safe_rlhf.score_model import end_scores, load_score_model, token_scores
 from safe_rlhf.toyworld import vision
-from safe_rlhf.vision_models import build_tiny_vlm, freeze_vision_tower, image_tokens, load_processor
+from safe_rlhf.vision_models import (
+    build_tiny_vlm,
+    freeze_vision_tower,
+    image_tokens,
+    load_processor,
+    pretrain_vision_tower,
+)
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    return str(build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-vlm"))
+    # a random tower: these tests are about the architecture and the data path; the tower's pretraining has its own
+    return str(build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-vlm", tower_pretraining_steps=0))
 
 
 def pictures(*names: str, seed: int = 0):
@@ -144,3 +152,33 @@ def test_images_never_silently_dropped(tiny_vlm, tmp_path):
     text_only = SFTSample(conversation("use this"), "sorry", origin="data.jsonl:8")
     with pytest.raises(DataError, match=r"data\.jsonl:8: field 'image': a vision-language batch needs one image"):
         TokenizedDataset([text_only], processor.tokenizer, 64, vision=image_tokens(processor))
+
+
+def test_tower_pretraining_teaches_the_tower_the_pictured_class_and_keeps_the_global_rng():
+    """The stand-in for CLIP pretraining: after a few hundred steps a linear probe on the tower's mean patch feature
+    names the class of new renderings far above chance (1/16), the tower's weights changed, and the caller's torch
+    RNG stream is untouched (builds are reproducible whatever ran before)."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)  # fmt: skip
+    tower = CLIPVisionModel(config)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)  # fmt: skip
+    state = torch.random.get_rng_state()
+    report = pretrain_vision_tower(tower, processor, steps=300, pool_batches=60, heldout_images=256)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert report["chance"] == 0.0625 and report["pool_images"] == 60 * 64
+    assert report["heldout_accuracy"] > 0.35, report  # 0.64 measured; chance 0.0625
+    assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
+    untrained = pretrain_vision_tower(CLIPVisionModel(config), processor, steps=0, pool_batches=1, heldout_images=256)
+    assert untrained["heldout_accuracy"] < 0.2, untrained  # a random probe on a random tower: about chance
+
+
+def test_the_built_tiny_vlm_records_its_tower_pretraining(tmp_path):
+    path = build_tiny_vlm(tmp_path / "vlm", tower_pretraining_steps=40)
+    report = json.loads((path / "tower_pretraining.json").read_text())
+    assert report["steps"] == 40 and 0.0 <= report["heldout_accuracy"] <= 1.0
+    assert not (build_tiny_vlm(tmp_path / "random", tower_pretraining_steps=0) / "tower_pretraining.json").exists()
