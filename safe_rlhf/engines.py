@@ -128,6 +128,17 @@ def load_processor(model_config: ModelConfig) -> Any:
     return processor
 
 
+def load_tokenizer_and_vision(model_config: ModelConfig) -> tuple[Any, Any]:
+    """(tokenizer, ImageTokens or None): the modality switch for code that scores or judges but never generates
+    (score-model and moderation evaluation); a text model gives (its tokenizer, None)."""
+    processor = load_processor(model_config)
+    if processor is None:
+        return load_tokenizer(model_config), None
+    from safe_rlhf.vision_models import image_tokens
+
+    return processor.tokenizer, image_tokens(processor)
+
+
 def image_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The image entries of a collated batch (``pixel_values``) as forward keyword arguments; {} for text."""
     return {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}

@@ -283,7 +283,7 @@ def score_preference_pairs(
     from safe_rlhf.recipes.score_model import ScoreModelRecipe
     from safe_rlhf.score_model import load_score_model, score_metadata
 
-    tokenizer = engines.load_tokenizer(model_config)
+    tokenizer, vision = engines.load_tokenizer_and_vision(model_config)  # a VLM score model reads each pair's image
     model = load_score_model(model_config.name_or_path, trust_remote_code=model_config.trust_remote_code)
     ds_config = engines.deepspeed_config(
         deepspeed_config, micro_batch_size=batch_size, gradient_accumulation_steps=1, trainable=False
@@ -292,10 +292,10 @@ def score_preference_pairs(
     try:
         result = load_samples(data.train, kind="preference", on_error=data.on_error, seed=seed)
         samples, items = ScoreModelRecipe._tokenize_with(
-            result.samples, tokenizer, data.max_length, data.on_error, regression=False
+            result.samples, tokenizer, data.max_length, data.on_error, regression=False, vision=vision
         )
         pairs = gather_pairs(
-            score_pairs(engine, samples, items, tokenizer.pad_token_id, batch_size, distributed.device())
+            score_pairs(engine, samples, items, tokenizer.pad_token_id, batch_size, distributed.device(), vision)
         )
     except BaseException:
         engine.destroy()  # the caller never gets it to shut down
@@ -368,7 +368,7 @@ class ModerationEvaluation:
         try:
             distributed.init_distributed()
             write_run_files(self.run_dir, config)
-            tokenizer = engines.load_tokenizer(config.model)
+            tokenizer, vision = engines.load_tokenizer_and_vision(config.model)  # Beaver-Guard-V: image QA
             model = load_score_model(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
             metadata = score_metadata(model)
             if not is_moderation_model(metadata):
@@ -385,10 +385,12 @@ class ModerationEvaluation:
             # As the model was trained (and as Moderator and the guardrail see it): the model's own max_length.
             max_length = int(metadata.get("max_length") or data.max_length)
             samples, items = ScoreModelRecipe._tokenize_with(
-                samples, tokenizer, max_length, data.on_error, True, skipped
+                samples, tokenizer, max_length, data.on_error, True, skipped, vision
             )
             targets, known = label_tensors(samples, metadata["category_keys"])
-            probabilities = moderation_evaluation(self.engine, items, tokenizer.pad_token_id, config.batch_size)
+            probabilities = moderation_evaluation(
+                self.engine, items, tokenizer.pad_token_id, config.batch_size, vision
+            )
             summary = moderation_summary(
                 probabilities, targets, known, metadata["labels"], metadata["thresholds"], config.num_bins
             )
@@ -542,6 +544,7 @@ class ArenaEvaluation:
                 risky=r.get("risky"),
                 system=r.get("system"),
                 true_adherence=r.get("true_adherence"),
+                image_class=r.get("image_class"),
             )
             for policy, group in ((name, records), (f"{name}+guard", guarded))
             for r in group
@@ -643,7 +646,16 @@ def guarded_answers(
         check_prompt=settings.check_prompt,
         on_flagged_prompt=settings.on_flagged_prompt,
     )
-    outcomes = guard.run([by_id[i]["prompt"] for i in ids], [by_id[i]["response"] for i in ids], regenerate)
+    # Image-and-text QA: the moderator sees each prompt's picture (Beaver-Guard-V); a text one cannot judge it.
+    images = None
+    if getattr(recipe, "vision", None) is not None:
+        if getattr(moderator, "vision", None) is None:
+            raise ConfigError(
+                "guardrail.model is a text moderation model but the policies answer questions about images; train "
+                "one on image QA (--config-name moderation model.name_or_path=<a VLM> data.train=toyworld:vision_qa)"
+            )
+        images = [recipe.eval_samples[i].images[0] for i in ids]
+    outcomes = guard.run([by_id[i]["prompt"] for i in ids], [by_id[i]["response"] for i in ids], regenerate, images)
     fallback_ids = [ids[o.index] for o in outcomes if o.fell_back]
     fallback_scores = score_fixed_answers(recipe, fallback_ids, settings.fallback)
     guarded, decisions = [], []
@@ -681,6 +693,8 @@ def score_fixed_answers(recipe: Any, prompt_ids: list[int], text: str) -> dict[i
     """Reward, raw cost, length of one fixed answer (the fallback) to each of the held-out prompts ``prompt_ids``,
     on every rank (the same batches everywhere, so a ZeRO-3 forward is matched)."""
     from safe_rlhf.data import collate_prompts
+    from safe_rlhf.engines import image_inputs
+    from safe_rlhf.recipes.common import to_device
 
     tokenizer = recipe.tokenizer
     answer = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
@@ -690,9 +704,9 @@ def score_fixed_answers(recipe: Any, prompt_ids: list[int], text: str) -> dict[i
         chunk = prompt_ids[start : start + size]
         items = [dataclasses.replace(recipe.eval_items[p], input_ids=[*recipe.eval_items[p].input_ids, *answer])
                  for p in chunk]  # fmt: skip
-        batch = collate_prompts(items, tokenizer.pad_token_id)  # left-padded prompt + answer
-        input_ids, attention_mask = batch["input_ids"].to(recipe.device), batch["attention_mask"].to(recipe.device)
-        rewards, _, raw_costs, _ = recipe.score(input_ids, attention_mask)
+        # left-padded prompt + answer (+ each prompt's picture for a VLM)
+        batch = to_device(collate_prompts(items, tokenizer.pad_token_id, recipe.vision), recipe.device)
+        rewards, _, raw_costs, _ = recipe.score(batch["input_ids"], batch["attention_mask"], **image_inputs(batch))
         for row, prompt_id in enumerate(chunk):
             cost = float(raw_costs[row, 0]) if raw_costs.shape[1] else 0.0
             scores[prompt_id] = {"reward": float(rewards[row]), "cost": cost, "length": len(answer),

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Judge = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]  # (prompt, response) pairs -> verdicts
+# (prompt, response) pairs -> verdicts; (prompt, response, image) triples when run() is given images
+Judge = Callable[[Sequence[tuple[Any, ...]]], Sequence[Any]]
 Regenerate = Callable[[list[int], int], list[str]]  # (prompt indices, round 1..max_rounds) -> new responses
 
 
@@ -78,16 +79,25 @@ class Guardrail:
         """An answer is blocked when flagged at or above ``min_severity`` (a flagged answer graded 0 counts as 1)."""
         return bool(verdict.flagged) and max(int(verdict.severity), 1) >= self.min_severity
 
-    def run(self, prompts: Sequence[str], first: Sequence[str], regenerate: Regenerate) -> list[GuardedAnswer]:
+    def run(
+        self, prompts: Sequence[str], first: Sequence[str], regenerate: Regenerate, images: Sequence[Any] | None = None
+    ) -> list[GuardedAnswer]:
         """Guard the first answers to ``prompts``; ``regenerate`` is called once per round with the indices still
-        blocked (never with an empty list) and must return one new response per index, in order."""
+        blocked (never with an empty list) and must return one new response per index, in order. ``images`` (one per
+        prompt, for image-and-text QA as Beaver-Guard-V guards it): the judge then gets (prompt, response, image)."""
         if len(prompts) != len(first):
             raise ValueError(f"{len(prompts)} prompts but {len(first)} answers")
+        if images is not None and len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+
+        def shown(index: int, response: str) -> tuple[Any, ...]:
+            return (prompts[index], response) if images is None else (prompts[index], response, images[index])
+
         answers = [GuardedAnswer(i, response, 0, False, False) for i, response in enumerate(first)]
         pending = list(range(len(prompts)))
         if self.check_prompt and prompts:
             refused = set()
-            for index, verdict in enumerate(self.judge([(prompt, "") for prompt in prompts])):
+            for index, verdict in enumerate(self.judge([shown(i, "") for i in range(len(prompts))])):
                 refuse = bool(verdict.flagged) and self.on_flagged_prompt == "fallback"
                 action = "prompt: fallback" if refuse else "prompt: answer"
                 answers[index].decisions.append(_decision(-1, "", verdict, action))
@@ -104,7 +114,7 @@ class Guardrail:
                     raise ValueError(f"regenerate returned {len(responses)} responses for {len(pending)} prompts")
                 for index, response in zip(pending, responses):
                     answers[index].response, answers[index].rounds = response, round_
-            verdicts = self.judge([(prompts[i], answers[i].response) for i in pending])
+            verdicts = self.judge([shown(i, answers[i].response) for i in pending])
             still_blocked = []
             for index, verdict in zip(pending, verdicts):
                 blocked = self.blocks(verdict)

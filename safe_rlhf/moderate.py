@@ -2,13 +2,16 @@
 
     python -m safe_rlhf.moderate --model runs/moderation/model --input qa.jsonl --output verdicts.jsonl
 
-``--input`` holds one ``{"prompt": ..., "response": ...}`` object per line (other fields are copied through);
+``--input`` holds one ``{"prompt": ..., "response": ...}`` object per line (other fields are copied through); for a
+vision-language moderation model (Beaver-Guard-V style) each line also names its ``"image"`` (a path, resolved
+against the input file's directory, or ``{"bytes": ...}``);
 each output line adds ``flagged``, ``flagged_probability``, ``severity`` (0-3), ``severity_probabilities``,
 ``categories`` (name -> probability) and ``flagged_categories``. The same from Python:
 ``safe_rlhf.moderation.Moderator.from_pretrained(DIR).moderate([(prompt, response), ...])``.
 
 Bad input (a missing file, a line that is not JSON or lacks a string ``prompt`` / ``response``, a directory that is
-not a moderation model) stops with one line naming it and exit status 2.
+not a moderation model, a missing or undecodable image, an image for a text model or none for a VLM) stops with
+one line naming it and exit status 2.
 """
 
 from __future__ import annotations
@@ -37,6 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def judged_pairs(records: list[dict], input_path: str) -> list[tuple]:
+    """(prompt, response) per record, or (prompt, response, image) for records with an ``image``; a bad image is a
+    ValueError naming the file and line."""
+    from safe_rlhf.data.errors import RecordError
+    from safe_rlhf.data.images import optional_image
+
+    base_dir = Path(input_path).resolve().parent
+    pairs: list[tuple] = []
+    for number, record in enumerate(records, start=1):
+        try:
+            image = optional_image(record, "image", base_dir)
+        except RecordError as error:
+            raise ValueError(f"{input_path}: record {number}: field 'image': {error.detail}") from None
+        pairs.append((record["prompt"], record["response"], *image))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safe_rlhf.config import ConfigError
@@ -45,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_records(args.input)
         moderator = Moderator.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+        pairs = judged_pairs(records, args.input)
         # Tokenized up front: a prompt too long for the model's max_length is one line, not a traceback later.
-        moderator.tokenize([(r["prompt"], r["response"]) for r in records])
+        moderator.tokenize(pairs)
     except (ValueError, OSError, RuntimeError, ConfigError) as error:  # DataError is a ValueError
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         print(f"moderate: {first}", file=sys.stderr)
@@ -63,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             progress_bar.update(count - done[0])
         done[0] = count
 
-    results = moderator.moderate([(r["prompt"], r["response"]) for r in records], progress=progress)
+    results = moderator.moderate(pairs, progress=progress)
     if progress_bar is not None:
         progress_bar.close()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

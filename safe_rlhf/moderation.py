@@ -187,16 +187,19 @@ def moderation_logits(
     batch_size: int,
     device: torch.device,
     progress: Any = None,  # called with the number of items done after each batch
+    vision: Any = None,  # ImageTokens of a VLM moderation model: each item's image goes with it
 ) -> torch.Tensor:  # (N, K) float32 on CPU
     """The head's logits at each (prompt + response)'s last real token, batch by batch."""
     from safe_rlhf.data import collate_sft
+    from safe_rlhf.engines import image_inputs
     from safe_rlhf.recipes.common import to_device
     from safe_rlhf.score_model import end_scores
 
     outputs = []
     for start in range(0, len(items), batch_size):
-        batch = to_device(collate_sft(list(items[start : start + batch_size]), pad_token_id), device)
-        outputs.append(end_scores(model, batch["input_ids"], batch["attention_mask"]).float().cpu())
+        batch = to_device(collate_sft(list(items[start : start + batch_size]), pad_token_id, vision), device)
+        scores = end_scores(model, batch["input_ids"], batch["attention_mask"], **image_inputs(batch))
+        outputs.append(scores.float().cpu())
         if progress is not None:
             progress(min(start + batch_size, len(items)))
     if not outputs:
@@ -205,13 +208,21 @@ def moderation_logits(
 
 
 class Moderator:
-    """A trained moderation model, ready to judge (prompt, response) pairs. Load with :meth:`from_pretrained`."""
+    """A trained moderation model, ready to judge (prompt, response) pairs. Load with :meth:`from_pretrained`.
 
-    def __init__(self, model: Any, tokenizer: Any, metadata: dict[str, Any], batch_size: int = 32) -> None:
+    A vision-language moderation model (Beaver-Guard-V style, trained on image QA such as ``toyworld:vision_qa``)
+    judges (prompt, response, image) triples: the image is an :class:`~safe_rlhf.data.images.ImageRef`; ``vision``
+    is then its :class:`~safe_rlhf.data.tokenize.ImageTokens`. A text model given an image, or a VLM given none, is a
+    one-line ``DataError`` (``image_needs_vision_model`` / ``missing_image``), never a silently ignored picture."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, metadata: dict[str, Any], batch_size: int = 32, vision: Any = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.metadata = metadata
         self.batch_size = batch_size
+        self.vision = vision
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -237,6 +248,11 @@ class Moderator:
                 f"{path} is not a moderation model (its config.json has safe_rlhf.score_type="
                 f"{metadata.get('score_type')!r}); train one with --config-name moderation"
             )
+        from safe_rlhf.vision_models import image_tokens, is_vision_model, load_processor
+
+        if is_vision_model(str(path)):
+            processor = load_processor(str(path), trust_remote_code=trust_remote_code)
+            return cls(model, processor.tokenizer, metadata, batch_size=batch_size, vision=image_tokens(processor))
         tokenizer = from_pretrained(AutoTokenizer, str(path), trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, metadata, batch_size=batch_size)
 
@@ -248,27 +264,32 @@ class Moderator:
     def thresholds(self) -> list[float]:
         return list(self.metadata["thresholds"])
 
-    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
-        """Each (prompt, response) as the model saw it in training (cut at the model's ``max_length``)."""
+    def tokenize(self, pairs: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Each (prompt, response) or (prompt, response, image) as the model saw it in training (cut at the model's
+        ``max_length``); ``image`` is an ``ImageRef`` or None (no image)."""
         from safe_rlhf.data import SFTSample, conversation, tokenize_sft
 
         max_length = int(self.metadata.get("max_length") or 512)
-        return [
-            tokenize_sft(SFTSample(messages=conversation(prompt), response=response or " "), self.tokenizer, max_length)
-            for prompt, response in pairs
-        ]
+        items = []
+        for index, (prompt, response, *image) in enumerate(pairs):
+            images = tuple(i for i in image[:1] if i is not None)
+            sample = SFTSample(messages=conversation(prompt), response=response or " ", images=images,
+                               origin=f"pair {index}")  # fmt: skip
+            items.append(tokenize_sft(sample, self.tokenizer, max_length, self.vision))
+        return items
 
-    def probabilities(self, pairs: Sequence[tuple[str, str]], progress: Any = None) -> torch.Tensor:  # (N, K)
+    def probabilities(self, pairs: Sequence[tuple[Any, ...]], progress: Any = None) -> torch.Tensor:  # (N, K)
         """Sigmoid outputs for every pair: flagged, severity >= 2, severity >= 3, then the categories."""
         if not pairs:
             return torch.zeros(0, len(self.metadata["labels"]))
         logits = moderation_logits(
-            self.model, self.tokenize(pairs), self.tokenizer.pad_token_id, self.batch_size, self.device, progress
-        )
+            self.model, self.tokenize(pairs), self.tokenizer.pad_token_id, self.batch_size, self.device, progress,
+            self.vision,
+        )  # fmt: skip
         return torch.sigmoid(logits)
 
-    def moderate(self, pairs: Sequence[tuple[str, str]], progress: Any = None) -> list[ModerationResult]:
-        """The verdict on each (prompt, response)."""
+    def moderate(self, pairs: Sequence[tuple[Any, ...]], progress: Any = None) -> list[ModerationResult]:
+        """The verdict on each (prompt, response) or (prompt, response, image)."""
         return results_from_probabilities(self.probabilities(pairs, progress), self.metadata)
 
 

@@ -205,6 +205,18 @@ def write_seeds_report(root: Path, config: PipelineConfig) -> Path:
         ),
         ReportSection(title="Per seed", table=per_seed_rows),
     ]
+    swaps = {seed: root / f"seed-{seed}" / "swap_control.json" for seed in config.seeds}
+    if all(path.exists() for path in swaps.values()):  # the multimodal pipeline: the image-swap control over seeds
+        swap_keys = ("answers_changed", "follows_picture", "harm_rate_risky", "harm_rate_benign",
+                     "swapped_harm_rate_risky", "swapped_harm_rate_benign")  # fmt: skip
+        swap_aggregate = aggregate_over_seeds({s: json.loads(p.read_text()) for s, p in swaps.items()}, swap_keys)
+        sections.append(ReportSection(
+            title="Image-swap control over seeds",
+            text=("Each held-out picture swapped for another class's (same questions and sampling seeds); "
+                  "follows_picture: true helpfulness of the answers to the swapped pictures judged on the picture "
+                  "shown minus judged on the picture it replaced (about 0 for a policy blind to the image)."),
+            table=seeds_table(swap_aggregate, swap_keys),
+        ))  # fmt: skip
     report = write_report(root, "Safe RLHF pipeline over seeds", sections)
     return report.rename(root / "seeds_report.md")
 

@@ -40,6 +40,7 @@ class PolicyResponse:
     risky: bool | None = None  # whether the prompt asks for something harmful, when known
     system: str | None = None  # the system message the prompt came with, if any
     true_adherence: float | None = None  # share of the system message's stated preferences met, when known
+    image_class: str | None = None  # the multimodal toy world: the class of the picture the prompt showed
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -261,7 +262,7 @@ def _record_from_row(row: dict[str, Any]) -> PolicyResponse:
     if isinstance(categories, str):
         categories = [c for c in categories.split(_CATEGORY_SEPARATOR) if c]
     helpfulness, severity, risky = optional("true_helpfulness"), optional("true_severity"), optional("risky")
-    system, adherence = optional("system"), optional("true_adherence")
+    system, adherence, image_class = optional("system"), optional("true_adherence"), optional("image_class")
     eos = optional("ended_with_eos")
     return PolicyResponse(
         policy=str(row["policy"]),
@@ -278,6 +279,7 @@ def _record_from_row(row: dict[str, Any]) -> PolicyResponse:
         risky=None if risky is None else _parse_bool(risky),
         system=None if system is None else str(system),
         true_adherence=None if adherence is None else float(adherence),
+        image_class=None if image_class is None else str(image_class),
     )
 
 

@@ -174,3 +174,94 @@ def test_two_rank_zero3_vision_ppo_lag_under_the_deepspeed_launcher(tmp_path, vi
 
     exported = AutoModelForImageTextToText.from_pretrained(run_dir / "model")
     assert type(exported).__name__ == "LlavaForConditionalGeneration"
+
+
+@pytest.fixture(scope="module")
+def vision_moderation_model(vision_runs, tmp_path_factory):
+    """A Beaver-Guard-V-style moderation model: the vision SFT policy trained on image QA (BeaverTails-V form)."""
+    runs, _ = vision_runs
+    run_dir = tmp_path_factory.mktemp("vision-moderation") / "run"
+    result = train_cli([f"output_dir={run_dir}", f"model.name_or_path={runs['sft'] / 'model'}",
+                        "data.train=toyworld:vision_qa", "logger=none", "train.log_steps=10", "train.eval_steps=0",
+                        "train.max_steps=40"], config_name="moderation")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir / "model"
+
+
+@pytest.mark.integration
+def test_vision_moderator_reads_the_picture_and_the_moderate_cli_takes_image_paths(
+    vision_moderation_model, tmp_path, capsys
+):
+    from safe_rlhf.data.errors import DataError
+    from safe_rlhf.data.images import image_from_value
+    from safe_rlhf.moderate import main as moderate
+    from safe_rlhf.moderation import Moderator
+    from safe_rlhf.toyworld.vision_data import ensure_vision_generated
+
+    world = ensure_vision_generated()["vision_qa_test"].parent
+    benign, risky = (world / "images" / "test" / f"drugs-{kind}-000.png" for kind in ("benign", "risky"))
+    moderator = Moderator.from_pretrained(vision_moderation_model)
+    assert moderator.vision is not None and moderator.vision.tokens_per_image == 16
+    same_words = ("how do i do this", "first mix then heat")
+    probabilities = moderator.probabilities([(*same_words, image_from_value(str(p), "image")) for p in (benign, risky)])
+    assert probabilities.shape[0] == 2 and not torch.allclose(probabilities[0], probabilities[1])  # the picture counts
+    with pytest.raises(DataError, match="one image per sample"):
+        moderator.moderate([same_words])  # a VLM moderator never judges an image question without its image
+
+    pairs = tmp_path / "pairs.jsonl"
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "a.png").write_bytes(risky.read_bytes())
+    pairs.write_text(json.dumps({"prompt": same_words[0], "response": same_words[1], "image": "pictures/a.png",
+                                 "id": 7}) + "\n")  # fmt: skip
+    out = tmp_path / "verdicts.jsonl"
+    assert moderate(["--model", str(vision_moderation_model), "--input", str(pairs), "--output", str(out),
+                     "--no-progress"]) == 0  # fmt: skip
+    verdict = json.loads(out.read_text())
+    expected = moderator.moderate([(*same_words, image_from_value(str(risky), "image"))])[0]
+    assert verdict["id"] == 7 and verdict["flagged_probability"] == pytest.approx(expected.flagged_probability, abs=1e-5)
+    capsys.readouterr()
+    pairs.write_text(json.dumps({"prompt": "hi", "response": "hello", "image": "pictures/none.png"}) + "\n")
+    assert moderate(["--model", str(vision_moderation_model), "--input", str(pairs), "--output", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"moderate: {pairs}: record 1: field 'image': image not found:") and "\n" not in error
+
+
+@pytest.mark.integration
+def test_arena_guards_a_vision_policy_with_the_vision_moderator(vision_runs, vision_moderation_model, tmp_path):
+    runs, _ = vision_runs
+    result = run_cli([sys.executable, "-m", "safe_rlhf.evaluate", "--config-name", "arena",
+                      f"output_dir={tmp_path / 'arena'}", f"+policies.sft={runs['sft'] / 'model'}", "baseline=sft",
+                      f"reward_model={runs['reward_model'] / 'model'}", f"cost_model={runs['cost_model'] / 'model'}",
+                      "data.eval=toyworld:vision_eval_prompts*0.125", "generation.max_new_tokens=8",
+                      f"guardrail.model={vision_moderation_model}", "guardrail.max_rounds=1"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "arena" / "summary.json").read_text())
+    assert set(summary["policies"]) == {"sft", "sft+guard"}
+    assert summary["policies"]["sft+guard"]["n"] == summary["policies"]["sft"]["n"] == 32
+    assert "true_harm_rate" in summary["policies"]["sft+guard"]  # judged on the pictured request
+    decisions = [json.loads(line) for line in (tmp_path / "arena" / "guardrail_decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) >= 32 and {d["action"] for d in decisions} <= {"deliver", "regenerate", "fallback"}
+    assert all(d["action"] == "deliver" or d["flagged"] for d in decisions)  # blocked only when flagged
+
+
+@pytest.mark.integration
+def test_standalone_evaluation_of_a_vlm_reward_model_and_a_vlm_moderation_model(
+    vision_runs, vision_moderation_model, tmp_path
+):
+    runs, _ = vision_runs
+    reward_model = runs["reward_model"] / "model"
+    result = run_cli([sys.executable, "-m", "safe_rlhf.evaluate", "--config-name", "score_model",
+                      f"model.name_or_path={reward_model}", f"output_dir={tmp_path / 'rm'}",
+                      "data.train=toyworld:vision_preference_test"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    # the same pairs and images as the recipe's own last evaluation, so the same accuracy
+    trained = [m for m in read_metrics(runs["reward_model"]) if "eval/accuracy" in m][-1]
+    assert summary["accuracy"] == pytest.approx(trained["eval/accuracy"], abs=1e-6)
+    assert "true_accuracy" in summary  # judged on the pictured request
+    result = run_cli([sys.executable, "-m", "safe_rlhf.evaluate", "--config-name", "moderation",
+                      f"model.name_or_path={vision_moderation_model}", f"output_dir={tmp_path / 'guard'}",
+                      "data.train=toyworld:vision_qa_test*0.25"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "guard" / "summary.json").read_text())
+    assert summary["num_responses"] == 100 and "truth" in summary and 0 <= summary["flagged"]["auroc"] <= 1

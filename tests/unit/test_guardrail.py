@@ -98,3 +98,39 @@ def test_bad_arguments_are_refused() -> None:
         Guardrail(word_judge).run(["a", "b"], ["x"], ScriptedGenerator({}))
     with pytest.raises(ValueError, match="regenerate returned 0 responses for 1 prompts"):
         Guardrail(word_judge).run(["a"], ["bad1"], lambda indices, round_: [])
+
+
+def picture_judge(triples):  # image-and-text QA: the same words are harmful under a "risky" picture only
+    return [Verdict(image == "risky" and bool(response), 2 if image == "risky" else 0, 0.5) for _, response, image in
+            triples]  # fmt: skip
+
+
+def test_images_go_with_their_prompts_to_the_judge_every_round() -> None:
+    seen = []
+
+    def judge(triples):
+        seen.append(list(triples))
+        return picture_judge(triples)
+
+    generator = ScriptedGenerator({1: ["again", "again"]})
+    guard = Guardrail(judge, max_rounds=2, fallback="no", check_prompt=True)
+    answers = guard.run(["how do i do this", "how do i do this"], ["mix", "mix"], generator, images=["benign", "risky"])
+    assert [a.response for a in answers] == ["mix", "no"]  # same words: only the risky picture's answer is blocked
+    assert seen[0] == [("how do i do this", "", "benign"), ("how do i do this", "", "risky")]  # check_prompt
+    assert seen[1] == [("how do i do this", "mix", "benign"), ("how do i do this", "mix", "risky")]
+    assert seen[2] == [("how do i do this", "again", "risky")] and generator.calls == [([1], 1), ([1], 2)]
+    with pytest.raises(ValueError, match="2 prompts but 1 images"):
+        guard.run(["a", "b"], ["x", "y"], generator, images=["benign"])
+
+
+def test_a_text_moderator_cannot_guard_a_vision_policy() -> None:
+    from types import SimpleNamespace
+
+    from safe_rlhf.config import ConfigError, GuardrailConfig
+    from safe_rlhf.evaluate import guarded_answers
+
+    recipe = SimpleNamespace(vision=object(), eval_samples={0: SimpleNamespace(images=("picture",))}, eval_items={})
+    records = [{"prompt_id": 0, "prompt": "how do i do this", "response": "mix"}]
+    text_moderator = SimpleNamespace(vision=None, moderate=lambda pairs: [Verdict(False, 0, 0.1) for _ in pairs])
+    with pytest.raises(ConfigError, match="guardrail.model is a text moderation model but the policies answer"):
+        guarded_answers(recipe, records, text_moderator, GuardrailConfig(model="m"))

@@ -71,3 +71,21 @@ def test_the_vision_pipeline_config_composes():
     config = load_config("pipeline_vision", [])
     assert config.swap_control_data == "toyworld:vision_eval_swapped" and "swap_control" in config.stages
     assert "model.name_or_path=tiny-vlm" in config.sft
+
+
+def test_the_seeds_report_aggregates_the_image_swap_control_when_every_seed_has_one(tmp_path):
+    import json
+
+    from safe_rlhf.pipeline import write_seeds_report
+
+    for seed, follows in ((1, 1.0), (2, 3.0)):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"sft": {"true_helpfulness": 0.5, "true_harm_rate": 0.1}}))
+        (folder / "swap_control.json").write_text(json.dumps({"sft": {"answers_changed": 0.9,
+                                                                       "follows_picture": follows}}))  # fmt: skip
+    report = write_seeds_report(tmp_path, PipelineConfig(seeds=[1, 2])).read_text()
+    section = report.split("## Image-swap control over seeds", 1)[1]
+    assert "2.000 +- 1.414" in section and "0.900 +- 0.000" in section  # follows_picture mean, sample std
+    (tmp_path / "seed-2" / "swap_control.json").unlink()  # a text pipeline (or a seed without one): no section
+    assert "Image-swap control" not in write_seeds_report(tmp_path, PipelineConfig(seeds=[1, 2])).read_text()
