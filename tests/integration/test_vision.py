@@ -199,7 +199,7 @@ def test_vision_moderator_reads_the_picture_and_the_moderate_cli_takes_image_pat
     from safe_rlhf.toyworld.vision_data import ensure_vision_generated
 
     world = ensure_vision_generated()["vision_qa_test"].parent
-    benign, risky = (world / "images" / "test" / f"drugs-{kind}-000.png" for kind in ("benign", "risky"))
+    benign, risky = (world / "images" / "test" / f"cooking-{kind}-000.png" for kind in ("benign", "risky"))
     moderator = Moderator.from_pretrained(vision_moderation_model)
     assert moderator.vision is not None and moderator.vision.tokens_per_image == 16
     same_words = ("how do i do this", "first mix then heat")
@@ -222,8 +222,8 @@ def test_vision_moderator_reads_the_picture_and_the_moderate_cli_takes_image_pat
     capsys.readouterr()
     pairs.write_text(json.dumps({"prompt": "hi", "response": "hello", "image": "pictures/none.png"}) + "\n")
     assert moderate(["--model", str(vision_moderation_model), "--input", str(pairs), "--output", str(out)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith(f"moderate: {pairs}: record 1: field 'image': image not found:") and "\n" not in error
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' loading bar: one line
+    assert error.startswith(f"moderate: {pairs}: record 1: field 'image': image not found:")
 
 
 @pytest.mark.integration
@@ -232,7 +232,8 @@ def test_arena_guards_a_vision_policy_with_the_vision_moderator(vision_runs, vis
     result = run_cli([sys.executable, "-m", "safe_rlhf.evaluate", "--config-name", "arena",
                       f"output_dir={tmp_path / 'arena'}", f"+policies.sft={runs['sft'] / 'model'}", "baseline=sft",
                       f"reward_model={runs['reward_model'] / 'model'}", f"cost_model={runs['cost_model'] / 'model'}",
-                      "data.eval=toyworld:vision_eval_prompts*0.125", "generation.max_new_tokens=8",
+                      "data.train=toyworld:vision_prompts", "data.eval=toyworld:vision_eval_prompts*0.125",
+                      "generation.max_new_tokens=8",
                       f"guardrail.model={vision_moderation_model}", "guardrail.max_rounds=1"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "arena" / "summary.json").read_text())
