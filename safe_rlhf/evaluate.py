@@ -388,9 +388,7 @@ class ModerationEvaluation:
                 samples, tokenizer, max_length, data.on_error, True, skipped, vision
             )
             targets, known = label_tensors(samples, metadata["category_keys"])
-            probabilities = moderation_evaluation(
-                self.engine, items, tokenizer.pad_token_id, config.batch_size, vision
-            )
+            probabilities = moderation_evaluation(self.engine, items, tokenizer.pad_token_id, config.batch_size, vision)
             summary = moderation_summary(
                 probabilities, targets, known, metadata["labels"], metadata["thresholds"], config.num_bins
             )

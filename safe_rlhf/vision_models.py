@@ -11,12 +11,14 @@ plus one ``<image>`` token; about 250k parameters. The vision tower comes *pretr
 textures apart (a 16-way classification of new renderings through a linear probe on its mean patch feature; the probe
 is discarded, its held-out accuracy is kept in ``tower_pretraining.json``). Why: the recipes freeze the tower, and a
 random frozen tower passed the stripes but hardly the shapes, so SFT's policy could tell a risky picture from a
-benign one but not what it showed (27% of topic words right, 12.5% chance; docs/vision.md). Why LLaVA: it is the architecture Safe RLHF-V's own models come
-from (LLaVA-1.5 in align-anything), it splices a fixed number of image tokens where the prompt says ``<image>``, so
-a batch is ordinary left-padded token ids plus ``pixel_values`` (every text-path invariant - masks, positions,
-the last real token - holds unchanged), its CLIP image processor has a PIL implementation (``CLIPImageProcessorPil``:
-torchvision is not needed) and its decoder is the text recipes' Llama. Any Hugging Face VLM directory with a
-processor works for real runs (``AutoProcessor`` / ``AutoModelForImageTextToText``).
+benign one but not what it showed (27% of topic words right, 12.5% chance; docs/vision.md).
+
+Why LLaVA: it is the architecture Safe RLHF-V's own models come from (LLaVA-1.5 in align-anything), it splices a
+fixed number of image tokens where the prompt says ``<image>``, so a batch is ordinary left-padded token ids plus
+``pixel_values`` (every text-path invariant - masks, positions, the last real token - holds unchanged), its CLIP
+image processor has a PIL implementation (``CLIPImageProcessorPil``: torchvision is not needed) and its decoder is
+the text recipes' Llama. Any Hugging Face VLM directory with a processor works for real runs (``AutoProcessor`` /
+``AutoModelForImageTextToText``).
 
 Score models (reward, cost, critics) for VLMs: transformers has no ``LlavaForSequenceClassification``; one is built
 from its generic sequence-classification layer (a linear ``score`` head on the decoder's hidden states, which
@@ -201,8 +203,15 @@ def build_tiny_vlm(
 
 
 def pretrain_vision_tower(
-    tower: Any, image_processor: Any, *, steps: int, seed: int = 0, batch_size: int = 64, pool_batches: int = 300,
-    learning_rate: float = 3e-3, heldout_images: int = 512,
+    tower: Any,
+    image_processor: Any,
+    *,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    pool_batches: int = 300,
+    learning_rate: float = 3e-3,
+    heldout_images: int = 512,
 ) -> dict[str, Any]:
     """Train ``tower`` (a CLIP vision model) in place to tell the multimodal toy world's 16 image classes apart.
 

@@ -37,12 +37,17 @@ def _harm_rate(records: list[PolicyResponse], risky: bool) -> float | None:
 def _followed(paired: list[tuple[PolicyResponse, PolicyResponse]]) -> dict[str, float]:
     from safe_rlhf.toyworld import vision
 
-    judged = [(a, b) for a, b in paired if a.image_class and b.image_class and a.image_class != b.image_class]
-    if not judged:
+    shown: list[float] = []
+    original: list[float] = []
+    for first, second in paired:
+        if first.image_class and second.image_class and first.image_class != second.image_class:
+            shown.append(vision.helpfulness(second.prompt, second.image_class, second.response))
+            original.append(vision.helpfulness(second.prompt, first.image_class, second.response))
+    if not shown:
         return {}
-    shown = sum(vision.helpfulness(b.prompt, b.image_class, b.response) for _, b in judged) / len(judged)  # type: ignore[arg-type]
-    original = sum(vision.helpfulness(b.prompt, a.image_class, b.response) for a, b in judged) / len(judged)  # type: ignore[arg-type]
-    return {"swapped_help_shown": shown, "swapped_help_original": original, "follows_picture": shown - original}
+    mean_shown, mean_original = sum(shown) / len(shown), sum(original) / len(original)
+    return {"swapped_help_shown": mean_shown, "swapped_help_original": mean_original,
+            "follows_picture": mean_shown - mean_original}  # fmt: skip
 
 
 def swap_control_summary(

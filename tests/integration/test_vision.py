@@ -218,7 +218,8 @@ def test_vision_moderator_reads_the_picture_and_the_moderate_cli_takes_image_pat
                      "--no-progress"]) == 0  # fmt: skip
     verdict = json.loads(out.read_text())
     expected = moderator.moderate([(*same_words, image_from_value(str(risky), "image"))])[0]
-    assert verdict["id"] == 7 and verdict["flagged_probability"] == pytest.approx(expected.flagged_probability, abs=1e-5)
+    assert verdict["id"] == 7
+    assert verdict["flagged_probability"] == pytest.approx(expected.flagged_probability, abs=1e-5)
     capsys.readouterr()
     pairs.write_text(json.dumps({"prompt": "hi", "response": "hello", "image": "pictures/none.png"}) + "\n")
     assert moderate(["--model", str(vision_moderation_model), "--input", str(pairs), "--output", str(out)]) == 2
@@ -240,7 +241,8 @@ def test_arena_guards_a_vision_policy_with_the_vision_moderator(vision_runs, vis
     assert set(summary["policies"]) == {"sft", "sft+guard"}
     assert summary["policies"]["sft+guard"]["n"] == summary["policies"]["sft"]["n"] == 32
     assert "true_harm_rate" in summary["policies"]["sft+guard"]  # judged on the pictured request
-    decisions = [json.loads(line) for line in (tmp_path / "arena" / "guardrail_decisions.jsonl").read_text().splitlines()]
+    log = (tmp_path / "arena" / "guardrail_decisions.jsonl").read_text()
+    decisions = [json.loads(line) for line in log.splitlines()]
     assert len(decisions) >= 32 and {d["action"] for d in decisions} <= {"deliver", "regenerate", "fallback"}
     assert all(d["action"] == "deliver" or d["flagged"] for d in decisions)  # blocked only when flagged
 

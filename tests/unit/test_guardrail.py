@@ -132,5 +132,5 @@ def test_a_text_moderator_cannot_guard_a_vision_policy() -> None:
     recipe = SimpleNamespace(vision=object(), eval_samples={0: SimpleNamespace(images=("picture",))}, eval_items={})
     records = [{"prompt_id": 0, "prompt": "how do i do this", "response": "mix"}]
     text_moderator = SimpleNamespace(vision=None, moderate=lambda pairs: [Verdict(False, 0, 0.1) for _ in pairs])
-    with pytest.raises(ConfigError, match="guardrail.model is a text moderation model but the policies answer"):
+    with pytest.raises(ConfigError, match=r"guardrail\.model is a text moderation model but the policies"):
         guarded_answers(recipe, records, text_moderator, GuardrailConfig(model="m"))

@@ -46,10 +46,18 @@ def shown(policy, prompt_id, response, image_class):
 
 def test_answers_that_follow_the_new_picture_score_higher_on_it_than_on_the_picture_they_replaced():
     # The world's table: an answer word of the pictured request +1, any other content word -1.
-    original = [shown("reads", 0, "flour yeast", "cooking-benign"), shown("reads", 1, "restart update", "computer-benign"),
-                shown("blind", 0, "flour yeast", "cooking-benign"), shown("blind", 1, "restart update", "computer-benign")]  # fmt: skip
-    swapped = [shown("reads", 0, "leash crate", "pets-benign"), shown("reads", 1, "flour knead", "cooking-benign"),
-               shown("blind", 0, "flour yeast", "pets-benign"), shown("blind", 1, "restart update", "cooking-benign")]  # fmt: skip
+    original = [
+        shown("reads", 0, "flour yeast", "cooking-benign"),
+        shown("reads", 1, "restart update", "computer-benign"),
+        shown("blind", 0, "flour yeast", "cooking-benign"),
+        shown("blind", 1, "restart update", "computer-benign"),
+    ]
+    swapped = [
+        shown("reads", 0, "leash crate", "pets-benign"),
+        shown("reads", 1, "flour knead", "cooking-benign"),
+        shown("blind", 0, "flour yeast", "pets-benign"),
+        shown("blind", 1, "restart update", "cooking-benign"),
+    ]
     summary = swap_control_summary(original, swapped)
     # reads: its answers score (2 + 2) / 2 on the pictures shown, (-2 - 2) / 2 on the ones they replaced
     assert summary["reads"]["swapped_help_shown"] == 2.0 and summary["reads"]["swapped_help_original"] == -2.0
