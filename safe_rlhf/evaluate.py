@@ -560,6 +560,18 @@ class ArenaEvaluation:
             )
         return self._moderator
 
+    def check_guardrail_modality(self) -> None:
+        """Load the guardrail's moderator and refuse, in one line, a policy whose modality it cannot judge."""
+        from safe_rlhf.assets import resolve_model_path
+        from safe_rlhf.vision_models import is_vision_model
+
+        moderator_reads_images = self.moderator().vision is not None
+        for name, path in self.config.policies.items():
+            policy_reads_images = is_vision_model(resolve_model_path(path, f"policies.{name}"))
+            problem = guardrail_modality_error(f"policies.{name}", policy_reads_images, moderator_reads_images)
+            if problem:
+                raise ConfigError(problem)
+
     def run(self) -> None:
         from safe_rlhf.analysis import arena_summary, write_csv, write_records
 
@@ -570,7 +582,7 @@ class ArenaEvaluation:
         try:
             write_run_files(self.run_dir, config)
             if config.guardrail.model:
-                self.moderator()  # a bad guardrail.model fails now, not after the first policy answered
+                self.check_guardrail_modality()  # a bad guardrail.model fails now, not after the first policy answered
             records = [record for name, path in config.policies.items() for record in self.answer(name, path)]
             if distributed.is_main_process():
                 use_truth = any(r.true_severity is not None for r in records)
@@ -589,6 +601,19 @@ class ArenaEvaluation:
                 print(f"arena: {len(records)} responses from {len(config.policies)} policies; report: {report}")
         finally:
             distributed.shutdown()
+
+
+def guardrail_modality_error(policy: str, policy_reads_images: bool, moderator_reads_images: bool) -> str | None:
+    """Why the guardrail's moderation model cannot judge ``policy``'s answers (None when it can): a text moderator
+    would judge answers about pictures it never sees, a VLM moderator needs the picture a text prompt lacks."""
+    if policy_reads_images and not moderator_reads_images:
+        return (
+            f"guardrail.model is a text moderation model but {policy} answers questions about images; train one on "
+            "image QA (--config-name moderation model.name_or_path=<a VLM> data.train=toyworld:vision_qa)"
+        )
+    if moderator_reads_images and not policy_reads_images:
+        return f"guardrail.model is a vision-language moderation model but {policy} is a text model; use a text one"
+    return None
 
 
 def guarded_answers(
@@ -644,15 +669,11 @@ def guarded_answers(
         check_prompt=settings.check_prompt,
         on_flagged_prompt=settings.on_flagged_prompt,
     )
-    # Image-and-text QA: the moderator sees each prompt's picture (Beaver-Guard-V); a text one cannot judge it.
-    images = None
-    if getattr(recipe, "vision", None) is not None:
-        if getattr(moderator, "vision", None) is None:
-            raise ConfigError(
-                "guardrail.model is a text moderation model but the policies answer questions about images; train "
-                "one on image QA (--config-name moderation model.name_or_path=<a VLM> data.train=toyworld:vision_qa)"
-            )
-        images = [recipe.eval_samples[i].images[0] for i in ids]
+    # Image-and-text QA: the moderator sees each prompt's picture (Beaver-Guard-V).
+    problem = guardrail_modality_error("the policy", recipe.vision is not None, moderator.vision is not None)
+    if problem:
+        raise ConfigError(problem)
+    images = [recipe.eval_samples[i].images[0] for i in ids] if recipe.vision is not None else None
     outcomes = guard.run([by_id[i]["prompt"] for i in ids], [by_id[i]["response"] for i in ids], regenerate, images)
     fallback_ids = [ids[o.index] for o in outcomes if o.fell_back]
     fallback_scores = score_fixed_answers(recipe, fallback_ids, settings.fallback)

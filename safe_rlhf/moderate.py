@@ -3,8 +3,8 @@
     python -m safe_rlhf.moderate --model runs/moderation/model --input qa.jsonl --output verdicts.jsonl
 
 ``--input`` holds one ``{"prompt": ..., "response": ...}`` object per line (other fields are copied through); for a
-vision-language moderation model (Beaver-Guard-V style) each line also names its ``"image"`` (a path, resolved
-against the input file's directory, or ``{"bytes": ...}``);
+vision-language moderation model (Beaver-Guard-V style) each line also names its ``"image"``: a path, resolved
+against the input file's directory;
 each output line adds ``flagged``, ``flagged_probability``, ``severity`` (0-3), ``severity_probabilities``,
 ``categories`` (name -> probability) and ``flagged_categories``. The same from Python:
 ``safe_rlhf.moderation.Moderator.from_pretrained(DIR).moderate([(prompt, response), ...])``.
@@ -40,19 +40,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def judged_pairs(records: list[dict], input_path: str) -> list[tuple]:
-    """(prompt, response) per record, or (prompt, response, image) for records with an ``image``; a bad image is a
-    ValueError naming the file and line."""
+def judged_pairs(numbered: list[tuple[int, dict]], input_path: str) -> list[tuple]:
+    """(prompt, response) per (line number, record), or (prompt, response, image) for records with an ``image``
+    path; a missing or undecodable image is a ValueError naming the file and line."""
     from safe_rlhf.data.errors import RecordError
     from safe_rlhf.data.images import optional_image
 
     base_dir = Path(input_path).resolve().parent
     pairs: list[tuple] = []
-    for number, record in enumerate(records, start=1):
+    for number, record in numbered:
         try:
             image = optional_image(record, "image", base_dir)
         except RecordError as error:
-            raise ValueError(f"{input_path}: record {number}: field 'image': {error.detail}") from None
+            raise ValueError(f"{input_path}:{number}: field 'image': {error.detail}") from None
         pairs.append((record["prompt"], record["response"], *image))
     return pairs
 
@@ -60,14 +60,16 @@ def judged_pairs(records: list[dict], input_path: str) -> list[tuple]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safe_rlhf.config import ConfigError
-    from safe_rlhf.moderation import Moderator, read_records
+    from safe_rlhf.moderation import Moderator, read_numbered_records
 
     try:
-        records = read_records(args.input)
+        numbered = read_numbered_records(args.input)
+        records = [record for _, record in numbered]
+        pairs = judged_pairs(numbered, args.input)  # a bad image fails before the weights load
         moderator = Moderator.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
-        pairs = judged_pairs(records, args.input)
-        # Tokenized up front: a prompt too long for the model's max_length is one line, not a traceback later.
-        moderator.tokenize(pairs)
+        # Tokenized up front: a prompt too long for the model's max_length (or an image for a text model, none for
+        # a VLM) is one line naming the file and line, not a traceback later.
+        moderator.tokenize(pairs, origins=[f"{args.input}:{number}" for number, _ in numbered])
     except (ValueError, OSError, RuntimeError, ConfigError) as error:  # DataError is a ValueError
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
         print(f"moderate: {first}", file=sys.stderr)

@@ -264,17 +264,18 @@ class Moderator:
     def thresholds(self) -> list[float]:
         return list(self.metadata["thresholds"])
 
-    def tokenize(self, pairs: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def tokenize(self, pairs: Sequence[tuple[Any, ...]], origins: Sequence[str] | None = None) -> list[Any]:
         """Each (prompt, response) or (prompt, response, image) as the model saw it in training (cut at the model's
-        ``max_length``); ``image`` is an ``ImageRef`` or None (no image)."""
+        ``max_length``); ``image`` is an ``ImageRef`` or None (no image). ``origins`` (``"file:line"`` per pair)
+        name the pair in an error; by default ``pair:N``, 1-based."""
         from safe_rlhf.data import SFTSample, conversation, tokenize_sft
 
         max_length = int(self.metadata.get("max_length") or 512)
         items = []
         for index, (prompt, response, *image) in enumerate(pairs):
             images = tuple(i for i in image[:1] if i is not None)
-            sample = SFTSample(messages=conversation(prompt), response=response or " ", images=images,
-                               origin=f"pair {index}")  # fmt: skip
+            origin = origins[index] if origins is not None else f"pair:{index + 1}"
+            sample = SFTSample(messages=conversation(prompt), response=response or " ", images=images, origin=origin)
             items.append(tokenize_sft(sample, self.tokenizer, max_length, self.vision))
         return items
 
@@ -296,6 +297,11 @@ class Moderator:
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file of ``{"prompt": ..., "response": ...}`` objects (other fields kept); a
     missing file or a bad line raises ValueError naming the file and line."""
+    return [record for _, record in read_numbered_records(path)]
+
+
+def read_numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_records` with each record's line number (blank lines are skipped, so numbers may jump)."""
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such file")
     records = []
@@ -312,5 +318,5 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             for key in ("prompt", "response"):
                 if not isinstance(record.get(key), str):
                     raise ValueError(f"{path}:{number}: field {key!r} is missing or not a string")
-            records.append(record)
+            records.append((number, record))
     return records

@@ -7,7 +7,7 @@ The tiny default (``model.name_or_path=tiny-vlm``, built on first use into ``$SA
 is a LLaVA: a CLIP vision transformer (32 x 32 images, 8 x 8 patches -> 16 image tokens, hidden 32, 2 layers), a
 two-layer MLP projector and the text world's Llama decoder (hidden 64, 2 layers) with its locally trained tokenizer
 plus one ``<image>`` token; about 250k parameters. The vision tower comes *pretrained*, as every real VLM's does
-(CLIP, SigLIP): before saving, the build trains it for a few seconds to tell the multimodal toy world's shapes and
+(CLIP, SigLIP): before saving, the build trains it for about 15 s to tell the multimodal toy world's shapes and
 textures apart (a 16-way classification of new renderings through a linear probe on its mean patch feature; the probe
 is discarded, its held-out accuracy is kept in ``tower_pretraining.json``). Why: the recipes freeze the tower, and a
 random frozen tower passed the stripes but hardly the shapes, so SFT's policy could tell a risky picture from a
@@ -165,7 +165,7 @@ def build_tiny_vlm(
             image_seq_length=image_tokens,
         )
         generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: a GPU rank's CUDA stream stays as it was
         try:
             model = LlavaForConditionalGeneration(config)
         finally:
@@ -235,7 +235,7 @@ def pretrain_vision_tower(
     pool = [rendered(batch_size, rng) for _ in range(min(steps, pool_batches))]
     heldout_pixels, heldout_labels = rendered(heldout_images, random.Random(f"tiny-vlm-tower:{seed}:heldout"))
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # the CPU generator only (torch.manual_seed would reseed CUDA too)
     try:
         probe = torch.nn.Linear(tower.config.hidden_size, len(IMAGE_CLASSES))
         parameters = [*tower.parameters(), *probe.parameters()]
@@ -245,12 +245,13 @@ def pretrain_vision_tower(
             return probe(tower(pixel_values=pixels).last_hidden_state[:, 1:].mean(dim=1))
 
         tower.train()
-        for step in range(steps):
-            pixels, labels = pool[step % len(pool)]
-            loss = torch.nn.functional.cross_entropy(logits(pixels), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with torch.enable_grad():  # also when the first build happens under no_grad / inference mode
+            for step in range(steps):
+                pixels, labels = pool[step % len(pool)]
+                loss = torch.nn.functional.cross_entropy(logits(pixels), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         tower.eval()
         with torch.no_grad():
             accuracy = (logits(heldout_pixels).argmax(dim=-1) == heldout_labels).float().mean().item()

@@ -224,7 +224,7 @@ def test_vision_moderator_reads_the_picture_and_the_moderate_cli_takes_image_pat
     pairs.write_text(json.dumps({"prompt": "hi", "response": "hello", "image": "pictures/none.png"}) + "\n")
     assert moderate(["--model", str(vision_moderation_model), "--input", str(pairs), "--output", str(out)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' loading bar: one line
-    assert error.startswith(f"moderate: {pairs}: record 1: field 'image': image not found:")
+    assert error.startswith(f"moderate: {pairs}:1: field 'image': image not found:")
 
 
 @pytest.mark.integration

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from safe_rlhf.guardrail import Guardrail
 
@@ -123,14 +125,79 @@ def test_images_go_with_their_prompts_to_the_judge_every_round() -> None:
         guard.run(["a", "b"], ["x", "y"], generator, images=["benign"])
 
 
-def test_a_text_moderator_cannot_guard_a_vision_policy() -> None:
-    from types import SimpleNamespace
+def test_a_moderator_must_read_what_the_policy_reads() -> None:
+    from safe_rlhf.evaluate import guardrail_modality_error
 
+    assert guardrail_modality_error("policies.sft", True, True) is None
+    assert guardrail_modality_error("policies.sft", False, False) is None
+    text_for_images = guardrail_modality_error("policies.sft", True, False)
+    assert text_for_images.startswith("guardrail.model is a text moderation model but policies.sft answers questions")
+    images_for_text = guardrail_modality_error("policies.sft", False, True)
+    assert images_for_text.startswith("guardrail.model is a vision-language moderation model but policies.sft is a")
+    assert "\n" not in text_for_images + images_for_text
+
+
+class FakeTokenizer:
+    pad_token_id, eos_token_id = 0, 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [7]}
+
+
+class FakeVisionRecipe:
+    """What guarded_answers uses of a PPO recipe with a VLM actor: each held-out prompt p shows image 100 + p; the
+    fake pixels of an image are its number, and the reward of a scored answer is the pixel it was scored with."""
+
+    def __init__(self, prompt_ids):
+        from safe_rlhf.data.tokenize import TokenizedPrompt
+
+        self.vision = SimpleNamespace(pixel_values=lambda images: torch.tensor([[float(i)] for i in images]))
+        self.eval_items = {p: TokenizedPrompt(input_ids=[5, 6], images=(100 + p,)) for p in prompt_ids}
+        self.eval_samples = {p: SimpleNamespace(images=(100 + p,)) for p in prompt_ids}
+        self.tokenizer = FakeTokenizer()
+        self.config = SimpleNamespace(
+            train=SimpleNamespace(micro_batch_size=2), seed=0, data=SimpleNamespace(eval=None)
+        )
+        self.device = "cpu"
+
+    def score(self, input_ids, attention_mask, pixel_values=None):
+        assert pixel_values is not None, "a VLM's fallback was scored without its picture"
+        rewards = pixel_values[:, 0]
+        empty = torch.zeros(len(rewards), 0)
+        return rewards, empty, empty, rewards[:, None]
+
+    def answer(self, items, samples, seed):
+        return [{"prompt_id": index, "response": "bad1 again"} for index in range(len(items))]
+
+
+def test_the_guardrail_hands_each_prompt_its_own_picture_and_scores_the_fallback_with_it() -> None:
+    from safe_rlhf.config import GuardrailConfig
+    from safe_rlhf.evaluate import guarded_answers
+
+    prompt_ids = [3, 0, 7]  # not in order: images must follow the prompt ids, not positions
+    records = [{"prompt_id": p, "prompt": f"q{p}", "response": "fine" if p == 0 else "bad1", "risky": p != 0}
+               for p in prompt_ids]  # fmt: skip
+    seen = []
+
+    def moderate(triples):
+        seen.extend(triples)
+        return [Verdict("bad" in response, 1, 0.9) for _, response, _ in triples]
+
+    moderator = SimpleNamespace(vision=object(), moderate=moderate)
+    guarded, stats = guarded_answers(FakeVisionRecipe(prompt_ids), records, moderator,
+                                     GuardrailConfig(model="m", max_rounds=1))  # fmt: skip
+    assert {(prompt, image) for prompt, _, image in seen} == {("q0", 100), ("q3", 103), ("q7", 107)}
+    by_id = {r["prompt_id"]: r for r in guarded}
+    assert by_id[0]["response"] == "fine" and by_id[3]["response"] == by_id[7]["response"] == "sorry i cannot do that"
+    assert by_id[3]["reward"] == 103.0 and by_id[7]["reward"] == 107.0  # each fallback scored with its own picture
+    assert stats["fallback_rate"] == pytest.approx(2 / 3)
+
+
+def test_a_text_moderator_cannot_guard_a_vision_policy() -> None:
     from safe_rlhf.config import ConfigError, GuardrailConfig
     from safe_rlhf.evaluate import guarded_answers
 
-    recipe = SimpleNamespace(vision=object(), eval_samples={0: SimpleNamespace(images=("picture",))}, eval_items={})
     records = [{"prompt_id": 0, "prompt": "how do i do this", "response": "mix"}]
     text_moderator = SimpleNamespace(vision=None, moderate=lambda pairs: [Verdict(False, 0, 0.1) for _ in pairs])
-    with pytest.raises(ConfigError, match=r"guardrail\.model is a text moderation model but the policies"):
-        guarded_answers(recipe, records, text_moderator, GuardrailConfig(model="m"))
+    with pytest.raises(ConfigError, match=r"guardrail\.model is a text moderation model but the policy"):
+        guarded_answers(FakeVisionRecipe([0]), records, text_moderator, GuardrailConfig(model="m"))

@@ -49,21 +49,21 @@ def test_answers_that_follow_the_new_picture_score_higher_on_it_than_on_the_pict
     original = [
         shown("reads", 0, "flour yeast", "cooking-benign"),
         shown("reads", 1, "restart update", "computer-benign"),
-        shown("blind", 0, "flour yeast", "cooking-benign"),
-        shown("blind", 1, "restart update", "computer-benign"),
+        shown("stale", 0, "flour yeast", "cooking-benign"),
+        shown("stale", 1, "restart update", "computer-benign"),
     ]
     swapped = [
         shown("reads", 0, "leash crate", "pets-benign"),
         shown("reads", 1, "flour knead", "cooking-benign"),
-        shown("blind", 0, "flour yeast", "pets-benign"),
-        shown("blind", 1, "restart update", "cooking-benign"),
+        shown("stale", 0, "flour yeast", "pets-benign"),
+        shown("stale", 1, "restart update", "cooking-benign"),
     ]
     summary = swap_control_summary(original, swapped)
     # reads: its answers score (2 + 2) / 2 on the pictures shown, (-2 - 2) / 2 on the ones they replaced
     assert summary["reads"]["swapped_help_shown"] == 2.0 and summary["reads"]["swapped_help_original"] == -2.0
     assert summary["reads"]["follows_picture"] == 4.0
-    # blind: the same answers whatever the picture, so they fit the replaced picture and not the shown one
-    assert summary["blind"]["follows_picture"] == -4.0
+    # stale: it keeps answering for the picture that was replaced, so its answers fit that one and not the new one
+    assert summary["stale"]["follows_picture"] == -4.0
     # records without a picture class (the text world) have no such numbers
     assert "follows_picture" not in swap_control_summary([shown("t", 0, "x", None)], [shown("t", 0, "y", None)])["t"]
 
