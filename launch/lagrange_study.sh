@@ -11,6 +11,9 @@
 #   stream_probability  the cost critic and advantage follow the cost model's P(unsafe) = sigmoid(score) instead of
 #                    the 0/1 indicator (lagrange.rate_stream=probability); the multiplier still tracks the rate.
 #   stream_score     ... follow the cost score itself (lagrange.rate_stream=score), on its own +-10 scale.
+#   score_pid10      the score stream with the PID gains and start divided by 10 (init 0.01, lr 0.1, kp 0.5): a
+#                    stream about ten times the indicator's scale needs a lambda about ten times smaller.
+#   score_pid4       ... divided by 4 (init 0.025, lr 0.25, kp 1.25).
 # RUNS="critic_fresh" (a space-separated subset) runs only those. The arena then holds SFT, reward-only PPO, the
 # pipeline's PPO-Lag, its fixed-lambda sweep (every ppo_reward_shaping_* run found) and the variants, judged by the
 # ground truth on the held-out prompts with sampling seed = SEED. Stages whose model (or summary) exists are skipped.
@@ -33,8 +36,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 declare -A settings=([critic_fresh]="lagrange.critic_head=fresh"
                      [stream_probability]="lagrange.rate_stream=probability"
-                     [stream_score]="lagrange.rate_stream=score")
-all_runs=(critic_fresh stream_probability stream_score)
+                     [stream_score]="lagrange.rate_stream=score"
+                     [score_pid10]="lagrange.rate_stream=score lagrange.init=0.01 lagrange.lr=0.1 lagrange.kp=0.5"
+                     [score_pid4]="lagrange.rate_stream=score lagrange.init=0.025 lagrange.lr=0.25 lagrange.kp=1.25")
+all_runs=(critic_fresh stream_probability stream_score score_pid10 score_pid4)
 select_study_runs lagrange_study.sh "${all_runs[@]}"
 runs=("${STUDY_RUNS[@]}")
 models=(actor.name_or_path="$BASE/sft/model" reward_model="$BASE/reward_model/model"

@@ -296,18 +296,34 @@ def test_lagrange_study_runs_variants_on_the_pipelines_models_with_its_sweep_in_
     assert result.returncode == 0, result.stderr
     *trains, arena = [c["argv"] for c in calls(stub_log)]
     root = tmp_path / "study" / "seed-2"
-    variants = {"critic_fresh": "lagrange.critic_head=fresh", "stream_probability": "lagrange.rate_stream=probability",
-                "stream_score": "lagrange.rate_stream=score"}  # fmt: skip
+    variants = {
+        "critic_fresh": "lagrange.critic_head=fresh",
+        "stream_probability": "lagrange.rate_stream=probability",
+        "stream_score": "lagrange.rate_stream=score",
+        "score_pid10": "lagrange.rate_stream=score lagrange.init=0.01 lagrange.lr=0.1 lagrange.kp=0.5",
+        "score_pid4": "lagrange.rate_stream=score lagrange.init=0.025 lagrange.lr=0.25 lagrange.kp=1.25",
+    }
     assert len(trains) == len(variants)
     for train, (name, setting) in zip(trains, variants.items()):
-        assert f"output_dir={root / name}" in train and setting in train
+        assert f"output_dir={root / name}" in train and all(word in train for word in setting.split())
         assert train[train.index("--config-name") + 1] == "ppo_lag" and "train.select_steps=10" in train
         assert f"cost_model={base / 'cost_model' / 'model'}" in train and "seed=2" in train
     policies = sorted(a.split("=", 1)[0] for a in arena if a.startswith("+policies."))
     assert policies == [
         "+policies." + name
         for name in sorted(
-            ("critic_fresh", "stream_probability", "stream_score", "ppo", "ppo_lag", "sft", "shaping_0p1", "shaping_2")
+            (
+                "critic_fresh",
+                "stream_probability",
+                "stream_score",
+                "score_pid10",
+                "score_pid4",
+                "ppo",
+                "ppo_lag",
+                "sft",
+                "shaping_0p1",
+                "shaping_2",
+            )
         )
     ]
     assert f"+policies.shaping_0p1={base / 'ppo_reward_shaping_0.1' / 'model'}" in arena
