@@ -128,15 +128,16 @@ def load_processor(model_config: ModelConfig) -> Any:
     return processor
 
 
-def load_tokenizer_and_vision(model_config: ModelConfig) -> tuple[Any, Any]:
-    """(tokenizer, ImageTokens or None): the modality switch for code that scores or judges but never generates
-    (score-model and moderation evaluation); a text model gives (its tokenizer, None)."""
+def load_modality(model_config: ModelConfig) -> tuple[Any, Any, Any]:
+    """(processor, tokenizer, ImageTokens): the modality switch of every recipe and evaluation. A vision-language
+    model brings its processor (saved with the model) and its image tokens; a text model gives (None, its tokenizer,
+    None)."""
     processor = load_processor(model_config)
     if processor is None:
-        return load_tokenizer(model_config), None
+        return None, load_tokenizer(model_config), None
     from safe_rlhf.vision_models import image_tokens
 
-    return processor.tokenizer, image_tokens(processor)
+    return processor, processor.tokenizer, image_tokens(processor)
 
 
 def image_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -283,7 +283,7 @@ def score_preference_pairs(
     from safe_rlhf.recipes.score_model import ScoreModelRecipe
     from safe_rlhf.score_model import load_score_model, score_metadata
 
-    tokenizer, vision = engines.load_tokenizer_and_vision(model_config)  # a VLM score model reads each pair's image
+    _, tokenizer, vision = engines.load_modality(model_config)  # a VLM score model reads each pair's image
     model = load_score_model(model_config.name_or_path, trust_remote_code=model_config.trust_remote_code)
     ds_config = engines.deepspeed_config(
         deepspeed_config, micro_batch_size=batch_size, gradient_accumulation_steps=1, trainable=False
@@ -368,7 +368,7 @@ class ModerationEvaluation:
         try:
             distributed.init_distributed()
             write_run_files(self.run_dir, config)
-            tokenizer, vision = engines.load_tokenizer_and_vision(config.model)  # Beaver-Guard-V: image QA
+            _, tokenizer, vision = engines.load_modality(config.model)  # Beaver-Guard-V: image QA
             model = load_score_model(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
             metadata = score_metadata(model)
             if not is_moderation_model(metadata):

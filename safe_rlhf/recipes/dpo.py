@@ -278,13 +278,7 @@ class DPORecipe:
         from safe_rlhf.recipes.score_model import ScoreModelRecipe
 
         # The modality switch: a vision-language policy brings a processor; each pair's image goes with both answers.
-        self.processor = engines.load_processor(config.model)
-        if self.processor is not None:
-            from safe_rlhf.vision_models import image_tokens
-
-            self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
-        else:
-            self.tokenizer, self.vision = engines.load_tokenizer(config.model), None
+        self.processor, self.tokenizer, self.vision = engines.load_modality(config.model)
         skipped: Counter[str] = Counter(train.stats.skipped)
         _, train_items = ScoreModelRecipe._tokenize_with(
             train_samples, self.tokenizer, data.max_length, data.on_error, False, skipped, self.vision

@@ -219,14 +219,12 @@ class PPORecipe:
         """The modality switch: a vision-language actor brings a processor; then every prompt shows an image and
         every model (actor, reference, critics, reward and cost models) reads it, so each must be a VLM."""
         config = self.config
-        self.processor = engines.load_processor(config.actor)
+        self.processor, self.tokenizer, self.vision = engines.load_modality(config.actor)
         if self.processor is None:
-            self.tokenizer, self.vision = engines.load_tokenizer(config.actor), None
             return
         from safe_rlhf.assets import resolve_model_path
-        from safe_rlhf.vision_models import image_tokens, is_vision_model
+        from safe_rlhf.vision_models import is_vision_model
 
-        self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
         for key in ("reward_model", "cost_model"):
             path = getattr(config, key)
             if path and not is_vision_model(resolve_model_path(path, key)):

@@ -90,13 +90,7 @@ class SFTRecipe:
         write_run_files(self.run_dir, config)
         self.device = distributed.device()
         # The modality switch: a vision-language model brings a processor; its images go through the same loop.
-        self.processor = engines.load_processor(config.model)
-        if self.processor is not None:
-            from safe_rlhf.vision_models import image_tokens
-
-            self.tokenizer, self.vision = self.processor.tokenizer, image_tokens(self.processor)
-        else:
-            self.tokenizer, self.vision = engines.load_tokenizer(config.model), None
+        self.processor, self.tokenizer, self.vision = engines.load_modality(config.model)
         self._setup_data()
         self.schedule = BatchSchedule(
             num_samples=len(self.train_items),
