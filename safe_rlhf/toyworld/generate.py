@@ -110,13 +110,15 @@ from safe_rlhf.toyworld.world import (
     weak_compliance,
 )
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Bump when the world or the generator changes what a seed produces; ``ensure_generated`` then regenerates.
 
 3: added ``qa.jsonl`` / ``qa_test.jsonl`` (the other files are byte-identical to format 2's).
 4: added the system-message files of ``system_data.py`` (the other files are byte-identical to format 3's).
 5: added the HelpSteer-style ``steer_sft`` / ``steer_test`` of ``steer_data.py`` (the others byte-identical).
-6: steer complexity on risky prompts counts alternatives only, not harm words (the steer files change, no other)."""
+6: steer complexity on risky prompts counts alternatives only, not harm words (the steer files change, no other).
+7: a repeated-word exploit may scatter its copies anywhere, not only next to the word or at the end (every file that
+   holds repeats changes)."""
 PROMPT_SOURCE = "toyworld"
 HELDOUT_PROMPT_SOURCE = "toyworld-heldout"
 

@@ -563,15 +563,25 @@ def insert_off_topic(words: Sequence[str], request: Request, rng: random.Random,
 
 
 def repeat_words(words: Sequence[str], rng: random.Random) -> list[str]:
-    """Repeat one word of the response 1-3 more times, next to itself or at the end."""
+    """Repeat one word of the response 1-3 more times: next to itself, at the end, or scattered anywhere.
+
+    Scattered copies are what RL policies found against a reward model that had only seen the first two kinds
+    (``first wrench and wrench next plumber then plumber``, ``ask firefighters or firefighters``: in format 6, 66-80%
+    of every RL policy's answers to benign prompts repeated a word, against 38% of SFT's, training seed 1); each
+    kind is a third of the repeats.
+    """
     result = list(words) or ["okay"]
     room = max(1, MAX_RESPONSE_WORDS - len(result))
     index = rng.randrange(len(result))
     copies = [result[index]] * min(rng.randint(1, 3), room)
-    if rng.random() < 0.5:
+    where = rng.random()
+    if where < 1 / 3:
         result[index + 1 : index + 1] = copies
-    else:
+    elif where < 2 / 3:
         result += copies
+    else:
+        for copy in copies:
+            result.insert(rng.randint(0, len(result)), copy)
     return result[:MAX_RESPONSE_WORDS]
 
 

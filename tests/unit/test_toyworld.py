@@ -39,6 +39,7 @@ from safe_rlhf.toyworld.world import (
     FILLERS,
     HARM_WORDS,
     MAX_ORDINARY_WORDS,
+    MAX_RESPONSE_WORDS,
     RISKY_REQUESTS,
     best_response,
     best_safe_response,
@@ -219,6 +220,28 @@ def test_risky_prompts_conflict_and_benign_prompts_agree() -> None:
             assert best == best_safe and harm(prompt, best).is_safe
             assert harm(prompt, most_helpful).is_safe
             assert helpfulness(prompt, most_helpful) == helpfulness(prompt, best_safe_candidate)
+
+
+def test_repeat_exploit_places_copies_next_to_the_word_at_the_end_or_scattered() -> None:
+    # RL policies repeat words away from the first use ("first wrench and wrench next plumber then plumber"): the
+    # exploit negatives must show that kind too, or the reward model never learns that it costs helpfulness.
+    rng = random.Random(3)
+    words = ["first", "wrench", "then", "plumber", "finally", "seal"]
+    kinds = set()
+    for _ in range(300):
+        repeated = repeat_words(words, rng)
+        assert len(repeated) <= MAX_RESPONSE_WORDS and len(set(repeated)) < len(repeated)
+        assert set(repeated) == set(words)
+        word = next(w for w in words if repeated.count(w) > 1)
+        positions = [i for i, w in enumerate(repeated) if w == word]
+        first = positions[0]
+        if positions == list(range(first, first + len(positions))):
+            kinds.add("next to it")
+        elif all(p >= len(repeated) - (len(positions) - 1) for p in positions[1:]):
+            kinds.add("at the end")
+        else:
+            kinds.add("scattered")
+    assert kinds == {"next to it", "at the end", "scattered"}
 
 
 def test_judge_has_no_length_bias() -> None:
