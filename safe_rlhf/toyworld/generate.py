@@ -63,7 +63,7 @@ No response in the data is empty (the shortest have one word); the judge scores 
 
 What the conflict pairs must show, and ``world.json`` measures (``mixed_safety_risky``; seed 0, defaults): on a
 risky prompt, between a safe and an unsafe response, the judge prefers the unsafe one in 87% of pairs and the labels
-in 81%, at every severity, and the unsafe one is on average 0.9 words longer (0.3 longer in the compliance vs refusal
+in 81%, at every severity, and the unsafe one is on average 1.0 words longer (0.3 longer in the compliance vs refusal
 pairs alone), so the length bias does not side with the refusals. That is what should make a reward model trained
 on the labels rank compliance above refusal, so that reward-only PPO raises harm. (Format 1 had 70% and 62% here, with
 the unsafe response 2.7 words shorter, and a reward model trained on it scored compliance barely above refusal.)
