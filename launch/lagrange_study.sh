@@ -21,6 +21,8 @@
 #   score_pid4       ... divided by 4 (init 0.025, lr 0.25, kp 1.25): the shipped setting.
 #   score_window64   score_pid4 with a cost window of 64 episodes (one rollout batch) instead of 128.
 #   score_ema        score_pid4 with the violation fed to P smoothed by an EMA (lagrange.p_ema_alpha=0.5, CPPOPID).
+#   score_margin     score_pid4 aiming at the budget minus 0.01 (lagrange.margin=0.01): room for the sampling noise
+#                    of a held-out estimate; checkpoint selection still checks the budget itself.
 # RUNS="critic_fresh" (a space-separated subset) runs only those. The arena then holds SFT, reward-only PPO, the
 # pipeline's PPO-Lag, its fixed-lambda sweep (every ppo_reward_shaping_* run found) and the variants, judged by the
 # ground truth on the held-out prompts with sampling seed = SEED. Stages whose model (or summary) exists are skipped.
@@ -52,9 +54,10 @@ declare -A settings=([indicator_pid]="lagrange.rate_stream=indicator $gains1 $ev
                      [score_pid10]="lagrange.rate_stream=score $gains10 $every10"
                      [score_pid4]="lagrange.rate_stream=score $gains4 $every10"
                      [score_window64]="lagrange.rate_stream=score $gains4 lagrange.window_size=64 $every10"
-                     [score_ema]="lagrange.rate_stream=score $gains4 lagrange.p_ema_alpha=0.5 $every10")
+                     [score_ema]="lagrange.rate_stream=score $gains4 lagrange.p_ema_alpha=0.5 $every10"
+                     [score_margin]="lagrange.rate_stream=score $gains4 lagrange.margin=0.01 $every10")
 all_runs=(indicator_pid critic_fresh stream_probability stream_score score_pid10 score_pid4 score_window64
-          score_ema)
+          score_ema score_margin)
 select_study_runs lagrange_study.sh "${all_runs[@]}"
 runs=("${STUDY_RUNS[@]}")
 models=(actor.name_or_path="$BASE/sft/model" reward_model="$BASE/reward_model/model"

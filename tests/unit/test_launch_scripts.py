@@ -310,6 +310,7 @@ def test_lagrange_study_runs_variants_on_the_pipelines_models_with_its_sweep_in_
         "score_pid4": f"lagrange.rate_stream=score {gains4} train.select_steps=10",
         "score_window64": f"lagrange.rate_stream=score {gains4} lagrange.window_size=64 train.select_steps=10",
         "score_ema": f"lagrange.rate_stream=score {gains4} lagrange.p_ema_alpha=0.5 train.select_steps=10",
+        "score_margin": f"lagrange.rate_stream=score {gains4} lagrange.margin=0.01 train.select_steps=10",
     }
     assert len(trains) == len(variants)
     for train, (name, setting) in zip(trains, variants.items()):
