@@ -71,6 +71,10 @@ def test_the_vision_pipeline_config_composes():
     config = load_config("pipeline_vision", [])
     assert config.swap_control_data == "toyworld:vision_eval_swapped" and "swap_control" in config.stages
     assert "model.name_or_path=tiny-vlm" in config.sft
+    # PPO-Lag on images keeps the indicator stream and its gains (the text default's score stream lost helpfulness
+    # to the over-optimised tiny-VLM reward model, docs/vision.md)
+    assert config.ppo_lag == ["lagrange.rate_stream=indicator", "lagrange.init=0.1", "lagrange.lr=1.0",
+                              "lagrange.kp=5.0", "lagrange.margin=0"]  # fmt: skip
 
 
 def test_the_seeds_report_aggregates_the_image_swap_control_when_every_seed_has_one(tmp_path):
