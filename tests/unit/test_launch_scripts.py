@@ -300,23 +300,25 @@ def test_lagrange_study_runs_variants_on_the_pipelines_models_with_its_sweep_in_
         "lagrange.init=0.1 lagrange.lr=1.0 lagrange.kp=5.0",
         "lagrange.init=0.025 lagrange.lr=0.25 lagrange.kp=1.25",
     )
-    variants = {  # each spelled out in full: it means the same run whatever conf/ppo_lag.yaml ships
-        "indicator_pid": f"lagrange.rate_stream=indicator {gains1} train.select_steps=10",
-        "critic_fresh": f"lagrange.critic_head=fresh lagrange.rate_stream=indicator {gains1} train.select_steps=10",
-        "stream_probability": f"lagrange.rate_stream=probability {gains1} train.select_steps=10",
-        "stream_score": f"lagrange.rate_stream=score {gains1} train.select_steps=10",
+    # Each spelled out in full, the margin included: it means the same run whatever conf/ppo_lag.yaml ships.
+    variants = {
+        "indicator_pid": f"lagrange.rate_stream=indicator {gains1} lagrange.margin=0",
+        "critic_fresh": f"lagrange.critic_head=fresh lagrange.rate_stream=indicator {gains1} lagrange.margin=0",
+        "stream_probability": f"lagrange.rate_stream=probability {gains1} lagrange.margin=0",
+        "stream_score": f"lagrange.rate_stream=score {gains1} lagrange.margin=0",
         "score_pid10": "lagrange.rate_stream=score lagrange.init=0.01 lagrange.lr=0.1 lagrange.kp=0.5"
-        " train.select_steps=10",
-        "score_pid4": f"lagrange.rate_stream=score {gains4} train.select_steps=10",
-        "score_window64": f"lagrange.rate_stream=score {gains4} lagrange.window_size=64 train.select_steps=10",
-        "score_ema": f"lagrange.rate_stream=score {gains4} lagrange.p_ema_alpha=0.5 train.select_steps=10",
-        "score_margin": f"lagrange.rate_stream=score {gains4} lagrange.margin=0.01 train.select_steps=10",
+        " lagrange.margin=0",
+        "score_pid4": f"lagrange.rate_stream=score {gains4} lagrange.margin=0",
+        "score_window64": f"lagrange.rate_stream=score {gains4} lagrange.margin=0 lagrange.window_size=64",
+        "score_ema": f"lagrange.rate_stream=score {gains4} lagrange.margin=0 lagrange.p_ema_alpha=0.5",
+        "score_margin": f"lagrange.rate_stream=score {gains4} lagrange.margin=0.01",
     }
     assert len(trains) == len(variants)
     for train, (name, setting) in zip(trains, variants.items()):
         assert f"output_dir={root / name}" in train and all(word in train for word in setting.split())
-        assert train[train.index("--config-name") + 1] == "ppo_lag"
-        assert sum(word.startswith("train.select_steps=") for word in train) == 1  # hydra refuses a repeated key
+        assert train[train.index("--config-name") + 1] == "ppo_lag" and "train.select_steps=10" in train
+        for key in ("train.select_steps=", "lagrange.margin="):  # once each: hydra refuses a repeated key
+            assert sum(word.startswith(key) for word in train) == 1
         assert f"cost_model={base / 'cost_model' / 'model'}" in train and "seed=2" in train
     policies = sorted(a.split("=", 1)[0] for a in arena if a.startswith("+policies."))
     assert policies == [
